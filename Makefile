@@ -1,0 +1,79 @@
+# process-ai-tasks: an AI task queue for Supabase and plain PostgreSQL.
+# `make` lists the targets. Everything installs what it needs on first use.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DENO_VERSION := 2.9.6
+DBMATE_VERSION := 2.36.0
+TOOLS := $(CURDIR)/.tools
+export PATH := $(TOOLS)/node_modules/.bin:$(CURDIR)/node_modules/.bin:$(PATH)
+export DENO_NO_UPDATE_CHECK := 1
+
+# Tests always run on the local cluster, in a scratch database they rebuild,
+# never on DATABASE_URL (which may be a real project).
+PGPORT ?= 54329
+TEST_DB := ai_tasks_test
+LOCAL_URL := postgres://postgres@127.0.0.1:$(PGPORT)
+TEST_URL := $(LOCAL_URL)/$(TEST_DB)
+
+.PHONY: help tools db db-stop migrate run seed worker test test-sql test-concurrency \
+        test-runner test-db clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk -F':.*## ' '{ printf "  make %-18s %s\n", $$1, $$2 }'
+
+TOOLS_STAMP := $(TOOLS)/.deno-$(DENO_VERSION)-dbmate-$(DBMATE_VERSION)
+
+tools: node_modules/.installed $(TOOLS_STAMP) ## Install npm packages, Deno and dbmate
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+# Deno and dbmate from npm, in a prefix of their own: in the project's
+# node_modules `deno task` takes Deno's binary for a script, and dbmate's
+# platform packages are not all on every registry mirror, which breaks the
+# lock file for `npm ci`.
+$(TOOLS_STAMP):
+	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save \
+	  deno@$(DENO_VERSION) dbmate@$(DBMATE_VERSION)
+	@touch $@
+
+db: ## Start the local PostgreSQL 15 (installs it when missing)
+	@scripts/db.sh start
+
+db-stop: ## Stop the local PostgreSQL
+	@scripts/db.sh stop
+
+migrate: tools db ## Apply migrations and db/functions to DATABASE_URL or the local database
+	@scripts/migrate.sh
+
+seed: migrate ## Add a demo project with a queued chat_reply task when the database has none
+	@deno task seed
+
+run: seed ## The main job: start everything, then process tasks until Ctrl-C
+	@deno task worker
+
+test-db: tools
+	@DATABASE_URL= scripts/db.sh start
+	@psql -X -q "$(LOCAL_URL)/postgres" -c 'drop database if exists $(TEST_DB) with (force)' \
+	  -c 'create database $(TEST_DB)'
+	@DATABASE_URL="$(TEST_URL)" scripts/migrate.sh
+
+test-sql: test-db ## pgTAP suite (db/tests) with pg_prove
+	@psql -X -q "$(TEST_URL)" -c 'create extension if not exists pgtap'
+	pg_prove --dbname $(TEST_DB) --host 127.0.0.1 --port $(PGPORT) --username postgres \
+	  --ext .sql -r db/tests
+
+test-concurrency: test-db ## Many connections claiming and completing at once
+	DATABASE_URL="$(TEST_URL)" deno task test:concurrency
+
+test-runner: test-db ## The runner's tests (deno test) against the local database
+	DATABASE_URL="$(TEST_URL)" deno task test
+
+test: test-sql test-concurrency test-runner ## Everything, from nothing
+
+clean: db-stop ## Stop the database and remove it and the installed tools
+	rm -rf .db $(TOOLS) node_modules

@@ -1,0 +1,162 @@
+-- Internal helpers shared by the public queue functions. Schema ai_queue is
+-- not exposed through the API and none of these is executable by API roles.
+
+-- Raise the project's "bad argument" error: the argument, the rule, the value.
+create or replace function ai_queue.invalid_argument(
+  argument text, rule text, got text, hint text default null
+) returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  raise exception '% %, got %', argument, rule, coalesce(got, 'null')
+    using errcode = case when got is null then '22004' else '22023' end,
+          column = argument,
+          hint = coalesce(hint, 'See the SQL API section of the README.');
+end;
+$$;
+
+-- Capped exponential backoff with jitter: 5 s, 10 s, 20 s ... up to 10 min,
+-- each stretched by up to a quarter at random so that tasks failed together
+-- by one provider outage do not all come back in the same second.
+create or replace function ai_queue.retry_delay(attempt integer) returns interval
+language sql volatile
+set search_path = ''
+as $$
+  select make_interval(secs =>
+    least(600, 5 * power(2, greatest(attempt, 1) - 1)) * (1 + random() * 0.25))
+$$;
+
+create or replace function ai_queue.log(
+  project_id uuid, task_id uuid, log_type text, message text, metadata jsonb default '{}'
+) returns void
+language sql volatile
+set search_path = ''
+as $$
+  insert into public.build_logs (project_id, task_id, log_type, message, metadata)
+  values (project_id, task_id, log_type, message, metadata)
+$$;
+
+-- The chat history a task answers: the project's last `max_messages` messages
+-- written up to the task's creation, oldest first, as [{role, content}].
+-- Replies still being streamed are left out.
+create or replace function ai_queue.history(
+  project_id uuid, up_to timestamptz, max_messages integer default 10
+) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(
+    jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content)
+              order by m.created_at, m.seq),
+    '[]'::jsonb)
+  from (
+    select cm.role, cm.content, cm.created_at, cm.seq
+    from public.chat_messages cm
+    where cm.project_id = history.project_id
+      and cm.created_at <= history.up_to
+      and not cm.streaming
+    order by cm.created_at desc, cm.seq desc
+    limit max_messages
+  ) m
+$$;
+
+-- Who may act on a project's tasks. A signed-in user must own the project; a
+-- caller with no user (the service role, or a direct database connection of
+-- the project's own backend) acts for the system. Raises "not found" rather
+-- than "forbidden" so that another user's ids reveal nothing.
+create or replace function ai_queue.authorize_project(target_project uuid) returns void
+language plpgsql stable security definer
+set search_path = ''
+as $$
+declare
+  caller_role text := coalesce(nullif(current_setting('role', true), 'none'), 'none');
+  caller uuid := auth.uid();
+begin
+  if caller_role = 'anon' then
+    raise exception 'anonymous callers cannot act on tasks'
+      using errcode = '42501', hint = 'Sign in first.';
+  end if;
+
+  if caller is null and caller_role <> 'authenticated' then
+    return;
+  end if;
+
+  if caller is null then
+    raise exception 'authenticated caller has no user id (request.jwt.claims.sub)'
+      using errcode = '42501';
+  end if;
+
+  if not exists (
+    select 1 from public.projects p where p.id = target_project and p.owner_id = caller
+  ) then
+    raise exception 'project % not found', target_project
+      using errcode = 'AQ002',
+            hint = 'The project does not exist or belongs to another user.';
+  end if;
+end;
+$$;
+
+-- Hand expired leases back: requeue the task, or fail it when that lease was
+-- its last attempt. The crashed attempt stays spent, so a task that kills
+-- every worker that takes it ends `failed` instead of looping.
+create or replace function ai_queue.reap_expired_leases(max_tasks integer default 100)
+returns integer
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  reaped integer;
+begin
+  with expired as (
+    select t.id
+    from public.ai_tasks t
+    where t.status = 'running' and t.locked_until < now()
+    order by t.locked_until
+    limit max_tasks
+    for update skip locked
+  ), reset as (
+    update public.ai_tasks t set
+      status = case when t.attempts >= t.max_attempts then 'failed' else 'queued' end,
+      finished_at = case when t.attempts >= t.max_attempts then now() end,
+      error = format('lease of attempt %s expired: worker %s stopped renewing it',
+                     t.attempts, t.locked_by),
+      errors = t.errors || jsonb_build_object(
+        'attempt', t.attempts, 'error', 'lease expired', 'retryable', true,
+        'worker', t.locked_by, 'at', now()),
+      run_at = now(),
+      locked_by = null,
+      locked_until = null,
+      updated_at = now()
+    from expired
+    where t.id = expired.id
+    returning t.id, t.project_id, t.status, t.attempts, t.max_attempts, t.error
+  ), partial_replies as (
+    delete from public.chat_messages m
+    using reset
+    where m.task_id = reset.id and m.streaming
+  )
+  insert into public.build_logs (project_id, task_id, log_type, message, metadata)
+  select r.project_id, r.id,
+         case when r.status = 'failed' then 'error' else 'warning' end,
+         case when r.status = 'failed'
+              then format('task failed: %s, and it was the last of %s attempts',
+                          r.error, r.max_attempts)
+              else format('task requeued: %s', r.error) end,
+         jsonb_build_object('event', 'lease_expired', 'attempt', r.attempts,
+                            'status', r.status)
+  from reset r;
+
+  get diagnostics reaped = row_count;
+  return reaped;
+end;
+$$;
+
+revoke all on function
+  ai_queue.invalid_argument(text, text, text, text),
+  ai_queue.retry_delay(integer),
+  ai_queue.log(uuid, uuid, text, text, jsonb),
+  ai_queue.history(uuid, timestamptz, integer),
+  ai_queue.authorize_project(uuid),
+  ai_queue.reap_expired_leases(integer)
+from public, anon, authenticated;

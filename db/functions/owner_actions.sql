@@ -1,0 +1,106 @@
+-- What a project's owner may do to its tasks besides queueing them.
+
+-- cancel_ai_task: stop a queued or running task. A worker holding it learns
+-- on its next lease extension or write and drops its result. Cancelling a
+-- cancelled task is a no-op; a finished one cannot be cancelled.
+create or replace function public.cancel_ai_task(task_id uuid) returns text
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  task public.ai_tasks;
+begin
+  if task_id is null then
+    perform ai_queue.invalid_argument('task_id', 'is required', null);
+  end if;
+
+  select * into task from public.ai_tasks t where t.id = cancel_ai_task.task_id for update;
+  if not found then
+    raise exception 'task % not found', task_id using errcode = 'AQ002';
+  end if;
+  perform ai_queue.authorize_project(task.project_id);
+
+  if task.status = 'cancelled' then
+    return task.status;
+  end if;
+  if task.status not in ('queued', 'running') then
+    raise exception 'task % is %: only queued or running tasks can be cancelled',
+      task_id, task.status
+      using errcode = 'AQ003', hint = 'Use retry_ai_task to run a failed task again.';
+  end if;
+
+  update public.ai_tasks t set
+    status = 'cancelled',
+    finished_at = now(),
+    locked_by = null,
+    locked_until = null,
+    updated_at = now()
+  where t.id = task.id;
+  delete from public.chat_messages m where m.task_id = task.id and m.streaming;
+  perform ai_queue.log(task.project_id, task.id, 'info',
+    format('task cancelled while %s', task.status),
+    jsonb_build_object('event', 'cancelled', 'previous_status', task.status,
+                       'by', coalesce(auth.uid()::text, 'service')));
+  return 'cancelled';
+end;
+$$;
+
+-- retry_ai_task: queue a failed or cancelled task again with extra_attempts
+-- fresh attempts. Its error history is kept, and its attempt count keeps
+-- growing rather than restarting, so a worker still holding an old attempt
+-- can never pass for the new one.
+create or replace function public.retry_ai_task(
+  task_id uuid,
+  extra_attempts integer default 3
+) returns text
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  task public.ai_tasks;
+begin
+  if task_id is null then
+    perform ai_queue.invalid_argument('task_id', 'is required', null);
+  end if;
+
+  if extra_attempts is null or extra_attempts not between 1 and 25 then
+    perform ai_queue.invalid_argument('extra_attempts', 'must be between 1 and 25',
+      extra_attempts::text);
+  end if;
+
+  select * into task from public.ai_tasks t where t.id = retry_ai_task.task_id for update;
+  if not found then
+    raise exception 'task % not found', task_id using errcode = 'AQ002';
+  end if;
+  perform ai_queue.authorize_project(task.project_id);
+
+  if task.status not in ('failed', 'cancelled') then
+    raise exception 'task % is %: only failed or cancelled tasks can be retried',
+      task_id, task.status
+      using errcode = 'AQ003';
+  end if;
+
+  update public.ai_tasks t set
+    status = 'queued',
+    max_attempts = t.attempts + extra_attempts,
+    error = null,
+    run_at = now(),
+    started_at = null,
+    finished_at = null,
+    updated_at = now()
+  where t.id = task.id;
+  perform ai_queue.log(task.project_id, task.id, 'info',
+    format('task queued again after it %s', task.status),
+    jsonb_build_object('event', 'retried', 'previous_status', task.status,
+                       'by', coalesce(auth.uid()::text, 'service')));
+  perform pg_notify('ai_tasks', 'queued');
+  return 'queued';
+end;
+$$;
+
+revoke all on function public.cancel_ai_task(uuid), public.retry_ai_task(uuid, integer)
+  from public, anon;
+grant execute on function public.cancel_ai_task(uuid), public.retry_ai_task(uuid, integer)
+  to authenticated, service_role;
