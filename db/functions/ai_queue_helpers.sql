@@ -18,13 +18,15 @@ $$;
 
 -- Capped exponential backoff with jitter: 5 s, 10 s, 20 s ... up to 10 min,
 -- each stretched by up to a quarter at random so that tasks failed together
--- by one provider outage do not all come back in the same second.
+-- by one provider outage do not all come back in the same second. The
+-- exponent stops at 20 (5 * 2^19 s is far past the cap): 2^1024 overflows a
+-- double, and retry_ai_task lets a task's attempts grow without end.
 create or replace function ai_queue.retry_delay(attempt integer) returns interval
 language sql volatile
 set search_path = ''
 as $$
   select make_interval(secs =>
-    least(600, 5 * power(2, greatest(attempt, 1) - 1)) * (1 + random() * 0.25))
+    least(600, 5 * power(2, least(greatest(attempt, 1), 20) - 1)) * (1 + random() * 0.25))
 $$;
 
 create or replace function ai_queue.log(
