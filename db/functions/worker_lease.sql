@@ -37,6 +37,10 @@ $$;
 
 -- release_ai_task: give a held task back without spending its attempt, as a
 -- worker does on shutdown. Returns false when the attempt no longer held it.
+-- The attempt is given back by raising max_attempts, not by lowering
+-- attempts: attempts is the fencing token, and handing the same number to the
+-- next claim would let a repeated release (or a late completion) from this
+-- worker act on the next worker's attempt.
 create or replace function public.release_ai_task(
   task_id uuid,
   attempt integer
@@ -58,7 +62,7 @@ begin
 
   update public.ai_tasks t set
     status = 'queued',
-    attempts = t.attempts - 1,
+    max_attempts = t.max_attempts + 1,
     run_at = now(),
     locked_by = null,
     locked_until = null,
