@@ -2,7 +2,8 @@
 --
 -- The held task goes back to the queue after retry_after_seconds (the
 -- provider's Retry-After, or ai_queue_settings.snooze_default_seconds when it
--- gave none) with its attempt given back, since the model never ran. The
+-- gave none) with its attempt given back (max_attempts grows by one), since
+-- the model never answered. The
 -- model's limit row learns the wait, so claims hand out no task of that model
 -- until it has passed. A task may be snoozed ai_queue_settings.max_snoozes
 -- times; the next rate-limit answer counts as a failure and takes the normal
@@ -66,10 +67,12 @@ begin
       true, retry_after_seconds);
   end if;
 
-  -- The attempt is given back as release_ai_task does: the model never ran.
+  -- The attempt is given back as release_ai_task does, by raising
+  -- max_attempts: attempts stays the fencing token and keeps growing, so a
+  -- repeated snooze from this worker cannot touch the next claim's attempt.
   update public.ai_tasks t set
     status = 'queued',
-    attempts = t.attempts - 1,
+    max_attempts = t.max_attempts + 1,
     snoozes = t.snoozes + 1,
     run_at = now() + delay,
     locked_by = null,
