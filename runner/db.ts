@@ -1,0 +1,359 @@
+// The queue as the runner sees it: the SQL functions of db/functions and
+// nothing else. Two ways to reach them behind one interface: postgres.js over
+// a database connection (the worker's default; it can LISTEN), and
+// supabase-js `.rpc()` over PostgREST (an Edge Function's natural client).
+
+import postgres from "postgres";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import type { Config } from "./config.ts";
+
+export interface HistoryMessage {
+  role: "user" | "assistant" | "system";
+  content: string;
+}
+
+/** A task handed to this worker by claim_ai_task. */
+export interface ClaimedTask {
+  id: string;
+  projectId: string;
+  userId: string | null;
+  type: string;
+  payload: Record<string, unknown>;
+  model: string | null;
+  priority: number;
+  /** The fencing token: every later call for this task passes it back. */
+  attempt: number;
+  maxAttempts: number;
+  createdAt: string;
+  leaseExpiresAt: string;
+  history: HistoryMessage[];
+}
+
+export type TaskRef = Pick<ClaimedTask, "id" | "attempt">;
+
+export interface ClaimOptions {
+  workerId: string;
+  projectId?: string | null;
+  batchSize: number;
+  leaseSeconds: number;
+}
+
+export type ListenState = "listening" | "relistened";
+
+export interface QueueDb {
+  readonly kind: "postgres" | "supabase";
+  claim(options: ClaimOptions): Promise<ClaimedTask[]>;
+  /** Writes the answer; returns the assistant message id. Raises AQ001 when not held. */
+  complete(task: TaskRef, content: string, result: Record<string, unknown>,
+    model: string | null): Promise<string>;
+  /** Returns the new status: queued (a retry is scheduled) or failed. */
+  fail(task: TaskRef, error: string, retryable: boolean,
+    retryAfterSeconds?: number | null): Promise<string>;
+  /**
+   * A rate-limit answer: back to the queue without spending the attempt where
+   * snooze_ai_task exists, else a retryable failure. Returns the new status.
+   */
+  snooze(task: TaskRef, retryAfterSeconds: number | null, reason: string): Promise<string>;
+  /** False once the attempt no longer holds the task (cancelled, taken over). */
+  extend(task: TaskRef, leaseSeconds: number): Promise<boolean>;
+  release(task: TaskRef): Promise<boolean>;
+  streamReply(task: TaskRef, content: string): Promise<boolean>;
+  /** Whether a project exists; asked only when a project-scoped claim finds nothing. */
+  projectExists(projectId: string): Promise<boolean>;
+  /**
+   * Calls onWake on every NOTIFY on channel ai_tasks, and onState when the
+   * subscription is (re)established. Returns null where the client cannot listen.
+   */
+  listen(onWake: () => void, onState?: (state: ListenState) => void):
+    Promise<(() => Promise<void>) | null>;
+  close(): Promise<void>;
+}
+
+/** A failed queue call, with the SQLSTATE (or PostgREST code) when the server sent one. */
+export class QueueDbError extends Error {
+  override name = "QueueDbError";
+  constructor(
+    readonly step: string,
+    readonly code: string | null,
+    message: string,
+    /** The call never reached the database or the connection dropped: worth retrying. */
+    readonly transient: boolean,
+    options?: ErrorOptions,
+  ) {
+    super(`${step}: ${message}`, options);
+  }
+
+  /** The attempt no longer holds the task: cancelled, or its lease was taken over. */
+  get leaseLost(): boolean {
+    return this.code === "AQ001";
+  }
+
+  get missingFunction(): boolean {
+    return this.code === "42883" || this.code === "PGRST202";
+  }
+}
+
+const SQLSTATE = /^[0-9A-Z]{5}$/;
+
+// Connection trouble, a server shutting down or refusing connections, and
+// lock conflicts: the statement did not take effect and may be sent again.
+function transientSqlState(code: string): boolean {
+  return code.startsWith("08") || code.startsWith("57P") || code === "53300" ||
+    code === "40001" || code === "40P01";
+}
+
+function rowToTask(row: Record<string, unknown>): ClaimedTask {
+  const time = (v: unknown) => v instanceof Date ? v.toISOString() : String(v);
+  return {
+    id: String(row.id),
+    projectId: String(row.project_id),
+    userId: row.user_id == null ? null : String(row.user_id),
+    type: String(row.type),
+    payload: (row.payload ?? {}) as Record<string, unknown>,
+    model: row.model == null ? null : String(row.model),
+    priority: Number(row.priority),
+    attempt: Number(row.attempt),
+    maxAttempts: Number(row.max_attempts),
+    createdAt: time(row.created_at),
+    leaseExpiresAt: time(row.lease_expires_at),
+    history: (row.history ?? []) as HistoryMessage[],
+  };
+}
+
+// ---------------------------------------------------------------- postgres.js
+
+function wrapPostgres(step: string, error: unknown): QueueDbError {
+  const e = error as { code?: unknown; message?: unknown };
+  const code = typeof e?.code === "string" ? e.code : null;
+  const message = typeof e?.message === "string" ? e.message : String(error);
+  if (code !== null && SQLSTATE.test(code)) {
+    return new QueueDbError(step, code, message, transientSqlState(code), { cause: error });
+  }
+  // postgres.js and the socket layer name their own codes (CONNECTION_CLOSED,
+  // ECONNREFUSED, CONNECT_TIMEOUT ...): the server never answered.
+  return new QueueDbError(step, code, message, true, { cause: error });
+}
+
+export function createPostgresQueueDb(databaseUrl: string, poolSize: number): QueueDb {
+  // Supabase's transaction pooler (port 6543) cannot keep prepared statements.
+  const pooled = /:6543\//.test(databaseUrl);
+  const sql = postgres(databaseUrl, {
+    max: poolSize,
+    prepare: !pooled,
+    onnotice: () => {},
+    connection: { application_name: "ai-tasks-runner" },
+  });
+  let snoozeMissing = false;
+
+  async function call<T>(step: string, run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (error) {
+      throw wrapPostgres(step, error);
+    }
+  }
+
+  const db: QueueDb = {
+    kind: "postgres",
+
+    claim: ({ workerId, projectId = null, batchSize, leaseSeconds }) =>
+      call("claim_ai_task", async () => {
+        const rows = await sql`
+          select * from public.claim_ai_task(${workerId}, ${projectId}::uuid,
+                                             ${batchSize}::int, ${leaseSeconds}::int)`;
+        return rows.map(rowToTask);
+      }),
+
+    complete: (task, content, result, model) =>
+      call("complete_ai_task", async () => {
+        const [row] = await sql`
+          select public.complete_ai_task(${task.id}::uuid, ${task.attempt}::int, ${content},
+                                         ${sql.json(result as postgres.JSONValue)}, ${model})
+            as message_id`;
+        return String(row.message_id);
+      }),
+
+    fail: (task, error, retryable, retryAfterSeconds = null) =>
+      call("fail_ai_task", async () => {
+        const [row] = await sql`
+          select public.fail_ai_task(${task.id}::uuid, ${task.attempt}::int, ${error},
+                                     ${retryable}, ${retryAfterSeconds}::int) as status`;
+        return String(row.status);
+      }),
+
+    async snooze(task, retryAfterSeconds, reason) {
+      if (!snoozeMissing) {
+        try {
+          return await call("snooze_ai_task", async () => {
+            const [row] = await sql`
+              select public.snooze_ai_task(${task.id}::uuid, ${task.attempt}::int,
+                                           ${retryAfterSeconds}::int, ${reason}) as status`;
+            return String(row.status);
+          });
+        } catch (error) {
+          if (!(error instanceof QueueDbError && error.missingFunction)) throw error;
+          snoozeMissing = true;
+        }
+      }
+      return await db.fail(task, reason, true, retryAfterSeconds);
+    },
+
+    extend: (task, leaseSeconds) =>
+      call("extend_ai_task_lease", async () => {
+        const [row] = await sql`
+          select public.extend_ai_task_lease(${task.id}::uuid, ${task.attempt}::int,
+                                             ${leaseSeconds}::int) as held`;
+        return row.held === true;
+      }),
+
+    release: (task) =>
+      call("release_ai_task", async () => {
+        const [row] = await sql`
+          select public.release_ai_task(${task.id}::uuid, ${task.attempt}::int) as released`;
+        return row.released === true;
+      }),
+
+    streamReply: (task, content) =>
+      call("stream_ai_task_reply", async () => {
+        const [row] = await sql`
+          select public.stream_ai_task_reply(${task.id}::uuid, ${task.attempt}::int, ${content})
+            as held`;
+        return row.held === true;
+      }),
+
+    projectExists: (projectId) =>
+      call("project lookup", async () => {
+        const rows = await sql`select 1 from public.projects where id = ${projectId}::uuid`;
+        return rows.length > 0;
+      }),
+
+    async listen(onWake, onState) {
+      let first = true;
+      const { unlisten } = await call("listen ai_tasks", () =>
+        sql.listen("ai_tasks", () => onWake(), () => {
+          // postgres.js listens again by itself after the connection drops; a
+          // second call here means it did, and NOTIFYs sent meanwhile were lost.
+          onState?.(first ? "listening" : "relistened");
+          if (!first) onWake();
+          first = false;
+        }));
+      return async () => {
+        await unlisten().catch(() => {});
+      };
+    },
+
+    close: () => sql.end({ timeout: 5 }),
+  };
+  return db;
+}
+
+// ---------------------------------------------------------------- supabase-js
+
+interface RpcError {
+  code?: string;
+  message?: string;
+  details?: string | null;
+  hint?: string | null;
+}
+
+function wrapRpc(step: string, error: RpcError, status: number): QueueDbError {
+  const code = error.code || null;
+  const message = [error.message, error.details, error.hint].filter(Boolean).join(" ") ||
+    `HTTP ${status}`;
+  // No code and no HTTP status: the request never got an answer (fetch failed).
+  // 502-504 are a gateway between us and PostgREST; 503 also a PostgREST
+  // that lost its database connection (PGRST001/PGRST002).
+  const transient = (code !== null && SQLSTATE.test(code) && transientSqlState(code)) ||
+    code === "PGRST000" || code === "PGRST001" || code === "PGRST002" ||
+    status === 0 || (status >= 502 && status <= 504) || (code === null && status >= 500);
+  return new QueueDbError(step, code, message, transient);
+}
+
+export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: string): QueueDb {
+  const client: SupabaseClient = createClient(supabaseUrl, serviceRoleKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+  });
+  let snoozeMissing = false;
+
+  async function rpc<T>(fn: string, args: Record<string, unknown>): Promise<T> {
+    const { data, error, status } = await client.rpc(fn, args);
+    if (error) throw wrapRpc(fn, error, status);
+    return data as T;
+  }
+
+  const db: QueueDb = {
+    kind: "supabase",
+
+    claim: async ({ workerId, projectId = null, batchSize, leaseSeconds }) => {
+      const rows = await rpc<Record<string, unknown>[]>("claim_ai_task", {
+        worker_id: workerId,
+        project_id: projectId,
+        batch_size: batchSize,
+        lease_seconds: leaseSeconds,
+      });
+      return (rows ?? []).map(rowToTask);
+    },
+
+    complete: async (task, content, result, model) =>
+      String(await rpc("complete_ai_task", {
+        task_id: task.id, attempt: task.attempt, content, result, model,
+      })),
+
+    fail: async (task, error, retryable, retryAfterSeconds = null) =>
+      String(await rpc("fail_ai_task", {
+        task_id: task.id, attempt: task.attempt, error, retryable,
+        retry_after_seconds: retryAfterSeconds,
+      })),
+
+    async snooze(task, retryAfterSeconds, reason) {
+      if (!snoozeMissing) {
+        try {
+          return String(await rpc("snooze_ai_task", {
+            task_id: task.id, attempt: task.attempt,
+            retry_after_seconds: retryAfterSeconds, reason,
+          }));
+        } catch (error) {
+          if (!(error instanceof QueueDbError && error.missingFunction)) throw error;
+          snoozeMissing = true;
+        }
+      }
+      return await db.fail(task, reason, true, retryAfterSeconds);
+    },
+
+    extend: async (task, leaseSeconds) =>
+      (await rpc("extend_ai_task_lease", {
+        task_id: task.id, attempt: task.attempt, lease_seconds: leaseSeconds,
+      })) === true,
+
+    release: async (task) =>
+      (await rpc("release_ai_task", { task_id: task.id, attempt: task.attempt })) === true,
+
+    streamReply: async (task, content) =>
+      (await rpc("stream_ai_task_reply", {
+        task_id: task.id, attempt: task.attempt, content,
+      })) === true,
+
+    async projectExists(projectId) {
+      const { data, error, status } = await client.from("projects").select("id")
+        .eq("id", projectId).limit(1);
+      if (error) throw wrapRpc("project lookup", error, status);
+      return (data ?? []).length > 0;
+    },
+
+    // Workers on supabase-js poll. Realtime could wake them, but it needs the
+    // table in the supabase_realtime publication; a direct DATABASE_URL can LISTEN.
+    listen: () => Promise.resolve(null),
+
+    close: async () => {
+      await client.removeAllChannels();
+    },
+  };
+  return db;
+}
+
+export function createQueueDb(config: Config): QueueDb {
+  if (config.dbClient === "supabase") {
+    return createSupabaseQueueDb(config.supabaseUrl!, config.serviceRoleKey!);
+  }
+  return createPostgresQueueDb(config.databaseUrl, config.dbPoolSize);
+}
