@@ -1,10 +1,23 @@
--- claim_ai_task: hand up to batch_size due tasks to one worker.
+-- claim_ai_task: hand up to batch_size due tasks to one worker, fairly.
 --
--- Takes queued tasks whose run_at has come (first handing back expired leases),
--- highest priority first, then oldest due time, then oldest task; locks them
--- with SKIP LOCKED so that concurrent workers never receive the same task,
--- marks them running under a lease, and returns each with its fencing token
--- (`attempt`) and the chat history it should answer.
+-- Takes queued tasks whose run_at has come (first handing back expired
+-- leases) and marks them running under a lease, returning each with its
+-- fencing token (`attempt`) and the chat history it should answer. Within a
+-- project the order is priority, then due time, then age. Across projects:
+--   * a project runs at most projects.max_running_tasks tasks at once
+--     (ai_queue_settings.default_max_running_tasks when null);
+--   * a batch goes round-robin: the first task of each project with spare
+--     room, then the second, ..., so one project's backlog cannot fill it;
+--   * no task is handed out whose model (the task's, or the default model) is
+--     paused by a Retry-After or has used its requests_per_minute or
+--     tokens_per_minute in the current minute (public.ai_model_limits).
+--
+-- Locking, in an order that cannot deadlock: each candidate project is taken
+-- with a transaction-scoped advisory lock (tried, never waited for, except by
+-- a claim filtered on one project), so concurrent claims count a project's
+-- running tasks one at a time and pass on to other projects instead of
+-- queueing; then the limited models' rows (blocking, in model order); then
+-- the tasks themselves with SKIP LOCKED.
 create or replace function public.claim_ai_task(
   worker_id text,
   project_id uuid default null,
@@ -16,8 +29,20 @@ set search_path = ''
 as $$
 #variable_conflict use_column
 declare
-  picked uuid[];
+  settings public.ai_queue_settings;
   lease_until timestamptz;
+  this_window timestamptz := date_trunc('minute', now());
+  -- Advisory lock space of "a claim is deciding this project's tasks".
+  lock_space constant integer := hashtext('ai_queue.claim_project');
+  blocked_models text[];
+  excluded uuid[];
+  seen uuid[];
+  locked_projects uuid[] := '{}';
+  window_rows integer;
+  fair_ids uuid[];
+  fair_models text[];
+  picked uuid[];
+  round integer := 0;
 begin
   if worker_id is null or length(btrim(worker_id)) = 0 or length(worker_id) > 200 then
     perform ai_queue.invalid_argument('worker_id', 'must be 1 to 200 characters',
@@ -32,33 +57,185 @@ begin
       lease_seconds::text, 'Extend a long task''s lease with extend_ai_task_lease.');
   end if;
   lease_until := now() + make_interval(secs => lease_seconds);
+  settings := ai_queue.settings();
 
-  -- Tasks whose worker vanished become claimable again (or fail) first.
-  perform ai_queue.reap_expired_leases(batch_size);
-
-  -- Two spellings of one query, so each can use its own partial index.
-  if claim_ai_task.project_id is null then
-    select array_agg(t.id) into picked from (
-      select t.id from public.ai_tasks t
-      where t.status = 'queued' and t.run_at <= now()
-      order by t.priority desc, t.run_at, t.created_at
-      limit batch_size
-      for update skip locked
-    ) t;
-  else
-    select array_agg(t.id) into picked from (
-      select t.id from public.ai_tasks t
-      where t.status = 'queued' and t.run_at <= now()
-        and t.project_id = claim_ai_task.project_id
-      order by t.priority desc, t.run_at, t.created_at
-      limit batch_size
-      for update skip locked
-    ) t;
+  -- Tasks whose worker vanished become claimable again (or fail) first. The
+  -- check is an index probe; the reaper itself costs more, so it runs only
+  -- when there is something to reap.
+  if exists (select 1 from public.ai_tasks t
+             where t.status = 'running' and t.locked_until < now()) then
+    perform ai_queue.reap_expired_leases(batch_size);
   end if;
+
+  -- Models not to hand out now. A model without a row has no limit.
+  select coalesce(array_agg(l.model), '{}') into blocked_models
+  from public.ai_model_limits l
+  where l.paused_until > now()
+     or l.requests_per_minute <= case when l.window_start = this_window
+                                      then l.window_requests else 0 end
+     or l.tokens_per_minute <= case when l.window_start = this_window
+                                    then l.window_tokens else 0 end;
+
+  -- Projects at their cap are skipped by the scans below. A project can only
+  -- be at its cap with running tasks, so this reads the (short) running set.
+  select coalesce(array_agg(r.project_id), '{}') into excluded
+  from (
+    select t.project_id, count(*) as running
+    from public.ai_tasks t
+    where t.status = 'running'
+    group by t.project_id
+  ) r
+  join public.projects p on p.id = r.project_id
+  where r.running >= coalesce(p.max_running_tasks, settings.default_max_running_tasks);
+
+  -- Step 1: find candidate projects, best head task first, and take each
+  -- one's advisory lock. A window of 2 x batch_size due tasks usually spans
+  -- batch_size projects; when one project's backlog fills it, the next round
+  -- scans past that project. A project another claim is deciding right now is
+  -- passed over. Scans cost what they pass: tasks of projects at their cap or
+  -- of blocked models ahead in the order are read and skipped.
+  window_rows := case when batch_size = 1 then 1 else batch_size * 2 end;
+  if claim_ai_task.project_id is not null then
+    if not claim_ai_task.project_id = any (excluded) then
+      perform pg_catalog.pg_advisory_xact_lock(lock_space,
+        hashtext(claim_ai_task.project_id::text));
+      locked_projects := array[claim_ai_task.project_id];
+    end if;
+  else
+    loop
+      round := round + 1;
+      select coalesce(array_agg(w.project_id order by w.first_row), '{}') into seen
+      from (
+        select c.project_id, min(c.n) as first_row
+        from (
+          select t.project_id,
+                 row_number() over (order by t.priority desc, t.run_at, t.created_at) as n
+          from (
+            select t.project_id, t.priority, t.run_at, t.created_at
+            from public.ai_tasks t
+            where t.status = 'queued' and t.run_at <= now()
+              and t.project_id <> all (excluded)
+              and coalesce(t.model, settings.default_model) <> all (blocked_models)
+            order by t.priority desc, t.run_at, t.created_at
+            limit window_rows
+          ) t
+        ) c
+        group by c.project_id
+      ) w;
+      exit when cardinality(seen) = 0;
+
+      locked_projects := locked_projects || array(
+        select s.project_id from unnest(seen) with ordinality s (project_id, n)
+        where pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(s.project_id::text))
+        order by s.n);
+      excluded := excluded || seen;
+      exit when cardinality(locked_projects) >= batch_size or round >= 5;
+    end loop;
+  end if;
+
+  if cardinality(locked_projects) = 0 then
+    return;
+  end if;
+
+  -- Step 2: with the projects locked, a fresh read of each one's running
+  -- count and due tasks (a claim that held a lock before us has committed),
+  -- dealt round-robin: every project's first task, then every second ...
+  with room as (
+    select lp.project_id, lp.n as project_rank,
+           coalesce(p.max_running_tasks, settings.default_max_running_tasks)
+             - (select count(*) from public.ai_tasks r
+                where r.status = 'running' and r.project_id = lp.project_id) as spare
+    from unnest(locked_projects) with ordinality lp (project_id, n)
+    join public.projects p on p.id = lp.project_id
+  ), dealt as (
+    select d.id, d.model,
+           row_number() over (order by d.turn, d.priority desc, d.run_at, d.created_at,
+                              d.project_rank) as pick_order
+    from (
+      select t.id, t.priority, t.run_at, t.created_at, room.project_rank,
+             coalesce(t.model, settings.default_model) as model,
+             row_number() over (partition by t.project_id
+                                order by t.priority desc, t.run_at, t.created_at) as turn
+      from room
+      cross join lateral (
+        select t.id, t.project_id, t.priority, t.run_at, t.created_at, t.model
+        from public.ai_tasks t
+        where t.project_id = room.project_id
+          and t.status = 'queued' and t.run_at <= now()
+          and coalesce(t.model, settings.default_model) <> all (blocked_models)
+        order by t.priority desc, t.run_at, t.created_at
+        limit greatest(least(room.spare, batch_size), 0)
+      ) t
+      where room.spare > 0
+    ) d
+  )
+  select array_agg(dealt.id order by dealt.pick_order),
+         array_agg(dealt.model order by dealt.pick_order)
+    into fair_ids, fair_models
+  from dealt;
+
+  if fair_ids is null then
+    return;
+  end if;
+
+  -- Step 3: the limited models' rows, locked so that concurrent claims count
+  -- one model's requests one at a time, then each model's remaining room in
+  -- this minute caps how many of its tasks the batch takes.
+  perform 1 from public.ai_model_limits l
+  where l.model = any (fair_models)
+    and (l.requests_per_minute is not null or l.tokens_per_minute is not null)
+  order by l.model
+  for update;
+
+  select array_agg(f.id order by f.n) into picked
+  from (
+    select f.id, f.n, f.model,
+           row_number() over (partition by f.model order by f.n) as model_turn
+    from unnest(fair_ids, fair_models) with ordinality f (id, model, n)
+  ) f
+  left join public.ai_model_limits l on l.model = f.model
+  where l.model is null
+     or (coalesce(l.paused_until, '-infinity') <= now()
+         and (l.requests_per_minute is null
+              or f.model_turn <= l.requests_per_minute
+                 - case when l.window_start = this_window then l.window_requests else 0 end)
+         and (l.tokens_per_minute is null
+              or l.tokens_per_minute > case when l.window_start = this_window
+                                            then l.window_tokens else 0 end))
+  limit batch_size;
 
   if picked is null then
     return;
   end if;
+
+  -- Step 4: lock the picked tasks (still queued: nobody else decides these
+  -- projects now, but a cancel may hold one), mark them running, count them
+  -- in their models' windows, log, and hand them out in the dealt order.
+  select array_agg(x.id) into picked
+  from (
+    select t.id from public.ai_tasks t
+    where t.id = any (picked) and t.status = 'queued'
+    for update skip locked
+  ) x;
+
+  if picked is null then
+    return;
+  end if;
+
+  update public.ai_model_limits l set
+    window_requests = case when l.window_start = this_window
+                           then l.window_requests else 0 end + c.requests,
+    window_tokens = case when l.window_start = this_window then l.window_tokens else 0 end,
+    window_start = this_window,
+    updated_at = now()
+  from (
+    select coalesce(t.model, settings.default_model) as model, count(*)::integer as requests
+    from public.ai_tasks t
+    where t.id = any (picked)
+    group by 1
+  ) c
+  where l.model = c.model
+    and (l.requests_per_minute is not null or l.tokens_per_minute is not null);
 
   return query
   with claimed as (
@@ -84,12 +261,13 @@ begin
          c.attempts, c.max_attempts, c.created_at, c.locked_until,
          ai_queue.history(c.project_id, c.created_at, 10)
   from claimed c
-  order by c.priority desc, c.run_at, c.created_at;
+  order by array_position(fair_ids, c.id);
 end;
 $$;
 
 comment on function public.claim_ai_task(text, uuid, integer, integer) is
-  'Claim up to batch_size due tasks for worker_id under a lease of lease_seconds; '
+  'Claim up to batch_size due tasks for worker_id under a lease of lease_seconds, '
+  'round-robin across projects within their running caps and the models'' limits; '
   'returns each with its fencing token (attempt) and chat history.';
 revoke all on function public.claim_ai_task(text, uuid, integer, integer)
   from public, anon, authenticated;
