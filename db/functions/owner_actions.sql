@@ -19,7 +19,13 @@ begin
   if not found then
     raise exception 'task % not found', task_id using errcode = 'AQ002';
   end if;
-  perform ai_queue.authorize_project(task.project_id);
+  -- Another user's task is "not found" as well: the project's error would name
+  -- the project, which that user must not learn either.
+  begin
+    perform ai_queue.authorize_project(task.project_id);
+  exception when sqlstate 'AQ002' then
+    raise exception 'task % not found', task_id using errcode = 'AQ002';
+  end;
 
   if task.status = 'cancelled' then
     return task.status;
@@ -74,7 +80,13 @@ begin
   if not found then
     raise exception 'task % not found', task_id using errcode = 'AQ002';
   end if;
-  perform ai_queue.authorize_project(task.project_id);
+  -- Another user's task is "not found" as well: the project's error would name
+  -- the project, which that user must not learn either.
+  begin
+    perform ai_queue.authorize_project(task.project_id);
+  exception when sqlstate 'AQ002' then
+    raise exception 'task % not found', task_id using errcode = 'AQ002';
+  end;
 
   if task.status not in ('failed', 'cancelled') then
     raise exception 'task % is %: only failed or cancelled tasks can be retried',
