@@ -13,3 +13,7 @@ $$;
 create or replace trigger ai_tasks_notify_queued
   after insert on public.ai_tasks
   for each statement execute function ai_queue.notify_queued();
+
+-- Trigger functions cannot be called directly anyway; the grant PostgreSQL
+-- gives every new function is revoked so no API role holds one on ai_queue.
+revoke all on function ai_queue.notify_queued() from public;
