@@ -60,7 +60,9 @@ begin
   update public.chat_messages m set
     content = complete_ai_task.content,
     streaming = false,
-    metadata = m.metadata || coalesce(complete_ai_task.result, '{}'),
+    -- stream_ai_task_reply marks its message in metadata too; a final answer
+    -- must not tell a client that reads metadata it is still being written.
+    metadata = (m.metadata - 'streaming') || coalesce(complete_ai_task.result, '{}'),
     updated_at = now()
   where m.task_id = task.id and m.role = 'assistant'
   returning m.id into message_id;
