@@ -101,13 +101,13 @@ function flag(env: Env, name: string): boolean {
 }
 
 function defaultWorkerId(): string {
-  let host = "runner";
   try {
-    host = Deno.hostname();
+    return `${Deno.hostname()}:${Deno.pid}`;
   } catch {
-    // Edge runtimes may not grant --allow-sys; the pid still tells workers apart.
+    // An Edge Function may not see its host or pid; a random suffix still
+    // tells instances apart in locked_by and the logs.
+    return `edge:${crypto.randomUUID().slice(0, 8)}`;
   }
-  return `${host}:${Deno.pid}`;
 }
 
 function isTerminal(): boolean {

@@ -222,9 +222,9 @@ export function createPostgresQueueDb(databaseUrl: string, poolSize: number): Qu
       }),
 
     projectExists: (projectId) =>
-      call("project lookup", async () => {
-        const rows = await sql`select 1 from public.projects where id = ${projectId}::uuid`;
-        return rows.length > 0;
+      call("ai_project_exists", async () => {
+        const [row] = await sql`select public.ai_project_exists(${projectId}::uuid) as found`;
+        return row.found === true;
       }),
 
     async listen(onWake, onState) {
@@ -333,12 +333,8 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
         task_id: task.id, attempt: task.attempt, content,
       })) === true,
 
-    async projectExists(projectId) {
-      const { data, error, status } = await client.from("projects").select("id")
-        .eq("id", projectId).limit(1);
-      if (error) throw wrapRpc("project lookup", error, status);
-      return (data ?? []).length > 0;
-    },
+    projectExists: async (projectId) =>
+      (await rpc("ai_project_exists", { project_id: projectId })) === true,
 
     // Workers on supabase-js poll. Realtime could wake them, but it needs the
     // table in the supabase_realtime publication; a direct DATABASE_URL can LISTEN.

@@ -1,7 +1,6 @@
 // `deno task enqueue -- --project <uuid> --message "..." [options]`: queue a
 // task the way the browser does, through enqueue_ai_task, as the service.
 
-import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { createClient } from "@supabase/supabase-js";
 import { loadConfig } from "./config.ts";
@@ -21,19 +20,22 @@ interface Options {
 }
 
 function parse(args: string[]): Options {
-  const { values } = parseArgs({
-    // `deno task enqueue -- ...` passes the `--` through.
-    args: args[0] === "--" ? args.slice(1) : args,
-    options: {
-      project: { type: "string" },
-      message: { type: "string" },
-      type: { type: "string", default: "chat_reply" },
-      model: { type: "string" },
-      priority: { type: "string", default: "0" },
-      "max-attempts": { type: "string", default: "3" },
-      count: { type: "string", default: "1" },
-    },
-  });
+  const names = ["project", "message", "type", "model", "priority", "max-attempts", "count"];
+  const values: Record<string, string | undefined> = {
+    type: "chat_reply", priority: "0", "max-attempts": "3", count: "1",
+  };
+  // `deno task enqueue -- ...` passes the `--` through.
+  const rest = args[0] === "--" ? args.slice(1) : [...args];
+  while (rest.length > 0) {
+    const flag = rest.shift()!;
+    const [name, inline] = flag.replace(/^--/, "").split(/=(.*)/s, 2);
+    if (!flag.startsWith("--") || !names.includes(name)) {
+      throw new Error(`unknown argument ${flag}`);
+    }
+    const value = inline ?? rest.shift();
+    if (value === undefined) throw new Error(`--${name} needs a value`);
+    values[name] = value;
+  }
   if (!values.project) throw new Error("--project is required (seed prints a project id)");
   const whole = (name: string, raw: string, min: number, max: number) => {
     const n = Number(raw);

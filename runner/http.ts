@@ -3,6 +3,7 @@
 //   the browser or backend   { "projectId": uuid, "projectFilesContext"?: {...} }
 //   a Database Webhook       { "type": "INSERT", "table": "ai_tasks", "record": {...} }
 //   pg_cron (via pg_net)     {} or { "source": "cron" }   (any project)
+//   the queue's own wake-up  { "trigger": "insert" | "schedule", "due": n }  (any project)
 
 import { type Config, loadConfig } from "./config.ts";
 import { createQueueDb, type QueueDb } from "./db.ts";
@@ -19,7 +20,7 @@ export interface HttpDeps {
 }
 
 export interface Job {
-  source: "request" | "webhook" | "cron";
+  source: "request" | "webhook" | "cron" | "insert" | "schedule";
   projectId: string | null;
   projectFilesContext: ProjectFilesContext | null;
 }
@@ -116,7 +117,7 @@ export function parseJob(text: string): Job {
       projectFilesContext: null };
   }
 
-  const known = ["projectId", "projectFilesContext", "source"];
+  const known = ["projectId", "projectFilesContext", "source", "trigger", "due"];
   const unknown = Object.keys(b).filter((k) => !known.includes(k));
   if (unknown.length > 0) {
     throw new HttpError(400, `unknown field ${unknown[0]}; expected ${known.join(", ")}`,
@@ -126,8 +127,17 @@ export function parseJob(text: string): Job {
     throw new HttpError(400, `source must be "cron" when given, got ${describe(b.source)}`,
       "source");
   }
+  if (b.trigger !== undefined && b.trigger !== "insert" && b.trigger !== "schedule") {
+    throw new HttpError(400, `trigger must be "insert" or "schedule" when given, got ` +
+      describe(b.trigger), "trigger");
+  }
+  if (b.due !== undefined && !(Number.isInteger(b.due) && (b.due as number) >= 0)) {
+    throw new HttpError(400, `due must be a whole number of 0 or more, got ${describe(b.due)}`,
+      "due");
+  }
   if (b.projectId === undefined && b.projectFilesContext === undefined) {
-    return { source: "cron", projectId: null, projectFilesContext: null };
+    const source = b.trigger === undefined ? "cron" : b.trigger as "insert" | "schedule";
+    return { source, projectId: null, projectFilesContext: null };
   }
   return {
     source: "request",
@@ -148,18 +158,36 @@ async function sameSecret(given: string, expected: string): Promise<boolean> {
   return diff === 0;
 }
 
+/**
+ * Accepts `Authorization: Bearer <service role key or RUNNER_HTTP_SECRET>`, or
+ * the secret in `x-runner-secret`. Behind the Functions gateway, which wants
+ * a JWT in Authorization, the secret travels in its own header.
+ */
 async function authorize(request: Request, config: Config): Promise<void> {
   const secrets = [config.serviceRoleKey, config.httpSecret].filter((s): s is string => !!s);
   if (secrets.length === 0) {
     throw new HttpError(500, "the runner has neither SUPABASE_SERVICE_ROLE_KEY nor " +
       "RUNNER_HTTP_SECRET set, so it cannot authorize any request");
   }
+  const given: string[] = [];
+  const secretHeader = request.headers.get("x-runner-secret");
+  if (secretHeader) given.push(secretHeader.trim());
   const header = request.headers.get("authorization");
-  if (!header) throw new HttpError(401, "Authorization header is required: Bearer <key>");
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-  if (!match) throw new HttpError(401, "Authorization header must be Bearer <key>");
+  if (header) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (match) given.push(match[1]);
+    else if (given.length === 0) {
+      throw new HttpError(401, "Authorization header must be Bearer <key>");
+    }
+  }
+  if (given.length === 0) {
+    throw new HttpError(401,
+      "Authorization header is required: Bearer <service role key or RUNNER_HTTP_SECRET>");
+  }
   let ok = false;
-  for (const secret of secrets) ok = (await sameSecret(match[1], secret)) || ok;
+  for (const token of given) {
+    for (const secret of secrets) ok = (await sameSecret(token, secret)) || ok;
+  }
   if (!ok) {
     throw new HttpError(401,
       "Authorization key is wrong: use the service role key or RUNNER_HTTP_SECRET");
