@@ -7,18 +7,7 @@ create or replace function public.list_failed_ai_tasks(
   project_id uuid default null,
   max_tasks integer default 50,
   since timestamptz default null
-) returns table (
-  id uuid,
-  project_id uuid,
-  type text,
-  model text,
-  attempts integer,
-  max_attempts integer,
-  error text,
-  errors jsonb,
-  created_at timestamptz,
-  finished_at timestamptz
-)
+) returns setof public.ai_failed_task
 language plpgsql stable security definer
 set search_path = ''
 as $$
