@@ -47,10 +47,12 @@ begin
 end;
 $$;
 
--- POST {"trigger": reason, "due": due_tasks} to the runner. Returns pg_net's
--- request id, or null when there is nothing to call (no pg_net, dispatch
--- switched off, no URL). pg_net queues the request and sends it after commit,
--- so the runner never looks for a task before it is visible.
+-- POST {"trigger": reason, "due": due_tasks} to the runner, the wake-up body
+-- runner/http.ts accepts: reason 'insert' (new tasks) or 'schedule' (the
+-- dispatch job, a bulk retry). Returns pg_net's request id, or null when
+-- there is nothing to call (no pg_net, dispatch switched off, no URL). pg_net
+-- queues the request and sends it after commit, so the runner never looks
+-- for a task before it is visible.
 create or replace function ai_queue.wake_runner(reason text, due_tasks integer default null)
 returns bigint
 language plpgsql volatile security definer
@@ -62,6 +64,10 @@ declare
   headers jsonb := jsonb_build_object('Content-Type', 'application/json');
   request_id bigint;
 begin
+  if reason is null or reason not in ('insert', 'schedule') then
+    perform ai_queue.invalid_argument('reason', 'must be insert or schedule',
+      quote_literal(reason));
+  end if;
   if to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null then
     return null;
   end if;

@@ -73,10 +73,11 @@ begin
     retried := retried + 1;
   end loop;
 
-  -- Retried tasks are updates, which the insert trigger does not see.
+  -- Retried tasks are updates, which the insert trigger does not see; they
+  -- are due now, as if the dispatch job had found them.
   if retried > 0 then
     begin
-      perform ai_queue.wake_runner('retry', retried);
+      perform ai_queue.wake_runner('schedule', retried);
     exception when others then
       raise warning 'ai_queue: tasks were retried but the runner could not be woken: %',
         sqlerrm;

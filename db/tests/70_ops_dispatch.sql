@@ -4,7 +4,7 @@
 -- an insert fail. pg_net cannot be installed here, so a stand-in net.http_post
 -- with the real signature records its calls; Vault likewise.
 begin;
-select plan(27);
+select plan(28);
 
 insert into auth.users (id, email) values
   ('70000000-0000-4000-8000-000000000001', 'owner@example.test');
@@ -21,7 +21,7 @@ $$;
 -- ================================================================ pg_net absent
 select lives_ok($$select pg_temp.queue(2)$$,
   'without pg_net an insert of tasks succeeds');
-select is(ai_queue.wake_runner('test'), null::bigint,
+select is(ai_queue.wake_runner('schedule'), null::bigint,
   'without pg_net wake_runner calls nothing and returns null');
 select is(ai_queue.dispatch_due_tasks(), null::bigint,
   'without pg_net the dispatch job does nothing, though tasks are due');
@@ -149,15 +149,19 @@ select lives_ok($$select pg_temp.queue(1)$$,
   'an insert succeeds when net.http_post raises');
 select is((select count(*)::integer from public.ai_tasks where status = 'queued'), 1,
   'and the task it inserted is queued');
-select throws_ok($$select ai_queue.wake_runner('test')$$, 'P0001',
+select throws_ok($$select ai_queue.wake_runner('schedule')$$, 'P0001',
   'net.http_post to the runner failed: request refused with headers '
   '{"Content-Type": "application/json", "Authorization": "Bearer [key]", '
   '"x-runner-secret": "[secret]"}',
   'a failed call is reported without the key or the secret');
 
+select throws_ok($$select ai_queue.wake_runner('retry')$$, '22023',
+  'reason must be insert or schedule, got ''retry''',
+  'only the triggers the runner accepts can be sent');
+
 -- ---------------------------------------------------------------- privileges
 set local role authenticated;
-select throws_ok($$select ai_queue.wake_runner('test')$$, '42501', null,
+select throws_ok($$select ai_queue.wake_runner('schedule')$$, '42501', null,
   'a signed-in user cannot call the runner directly');
 reset role;
 

@@ -120,7 +120,7 @@ create function net.http_post(
 update ai_queue.ops_settings set runner_url = 'https://ref.supabase.co/functions/v1/process-ai-tasks';
 select is(public.retry_failed_ai_tasks(), 2, 'a bulk retry with pg_net present');
 select results_eq($$select body from net.calls$$,
-  $$values ('{"trigger": "retry", "due": 2}'::jsonb)$$,
+  $$values ('{"trigger": "schedule", "due": 2}'::jsonb)$$,
   'wakes the runner once, saying how many tasks it queued');
 
 -- ================================================================ bad input and privileges
