@@ -36,13 +36,16 @@ declare
   lock_space constant integer := hashtext('ai_queue.claim_project');
   blocked_models text[];
   excluded uuid[];
-  seen uuid[];
   locked_projects uuid[] := '{}';
   window_rows integer;
+  rows_read integer;
+  head record;
+  -- Where the last window ended; the first starts before every task.
+  last_key record;
   fair_ids uuid[];
   fair_models text[];
   picked uuid[];
-  round integer := 0;
+  scan_round integer := 0;
 begin
   if worker_id is null or length(btrim(worker_id)) = 0 or length(worker_id) > 200 then
     perform ai_queue.invalid_argument('worker_id', 'must be 1 to 200 characters',
@@ -58,6 +61,9 @@ begin
   end if;
   lease_until := now() + make_interval(secs => lease_seconds);
   settings := ai_queue.settings();
+  select -1000 as neg_priority, '-infinity'::timestamptz as run_at,
+         '-infinity'::timestamptz as created_at, '00000000-0000-0000-0000-000000000000'::uuid as id
+    into last_key;
 
   -- Tasks whose worker vanished become claimable again (or fail) first. The
   -- check is an index probe; the reaper itself costs more, so it runs only
@@ -89,47 +95,49 @@ begin
   where r.running >= coalesce(p.max_running_tasks, settings.default_max_running_tasks);
 
   -- Step 1: find candidate projects, best head task first, and take each
-  -- one's advisory lock. A window of 2 x batch_size due tasks usually spans
-  -- batch_size projects; when one project's backlog fills it, the next round
-  -- scans past that project. A project another claim is deciding right now is
-  -- passed over. Scans cost what they pass: tasks of projects at their cap or
-  -- of blocked models ahead in the order are read and skipped.
+  -- one's advisory lock; a project another claim is deciding right now is
+  -- passed over. A window of 2 x batch_size due tasks usually spans
+  -- batch_size projects; when a few projects' backlogs fill it, the next
+  -- round carries on after the window's last task (the keyset index) and
+  -- leaves out the projects already seen. A scan costs what it passes: tasks
+  -- of projects at their cap or of blocked models ahead in the order are read
+  -- and skipped.
   window_rows := case when batch_size = 1 then 1 else batch_size * 2 end;
   if claim_ai_task.project_id is not null then
     if not claim_ai_task.project_id = any (excluded) then
+      -- One project has no other project to pass on to: wait for the claim
+      -- deciding it, then count what that claim took.
       perform pg_catalog.pg_advisory_xact_lock(lock_space,
         hashtext(claim_ai_task.project_id::text));
       locked_projects := array[claim_ai_task.project_id];
     end if;
   else
     loop
-      round := round + 1;
-      select coalesce(array_agg(w.project_id order by w.first_row), '{}') into seen
-      from (
-        select c.project_id, min(c.n) as first_row
-        from (
-          select t.project_id,
-                 row_number() over (order by t.priority desc, t.run_at, t.created_at) as n
-          from (
-            select t.project_id, t.priority, t.run_at, t.created_at
-            from public.ai_tasks t
-            where t.status = 'queued' and t.run_at <= now()
-              and t.project_id <> all (excluded)
-              and coalesce(t.model, settings.default_model) <> all (blocked_models)
-            order by t.priority desc, t.run_at, t.created_at
-            limit window_rows
-          ) t
-        ) c
-        group by c.project_id
-      ) w;
-      exit when cardinality(seen) = 0;
-
-      locked_projects := locked_projects || array(
-        select s.project_id from unnest(seen) with ordinality s (project_id, n)
-        where pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(s.project_id::text))
-        order by s.n);
-      excluded := excluded || seen;
-      exit when cardinality(locked_projects) >= batch_size or round >= 5;
+      scan_round := scan_round + 1;
+      rows_read := 0;
+      for head in
+        select t.project_id, -t.priority as neg_priority, t.run_at, t.created_at, t.id
+        from public.ai_tasks t
+        where t.status = 'queued' and t.run_at <= now()
+          and (-t.priority, t.run_at, t.created_at, t.id)
+              > (last_key.neg_priority, last_key.run_at, last_key.created_at, last_key.id)
+          and t.project_id <> all (excluded)
+          and coalesce(t.model, settings.default_model) <> all (blocked_models)
+        order by -t.priority, t.run_at, t.created_at, t.id
+        limit window_rows
+      loop
+        rows_read := rows_read + 1;
+        last_key := head;
+        if not head.project_id = any (excluded) then
+          excluded := excluded || head.project_id;
+          if pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(head.project_id::text))
+          then
+            locked_projects := locked_projects || head.project_id;
+          end if;
+        end if;
+      end loop;
+      exit when rows_read < window_rows or cardinality(locked_projects) >= batch_size
+             or scan_round >= 5;
     end loop;
   end if;
 
@@ -140,22 +148,24 @@ begin
   -- Step 2: with the projects locked, a fresh read of each one's running
   -- count and due tasks (a claim that held a lock before us has committed),
   -- dealt round-robin: every project's first task, then every second ...
-  with room as (
-    select lp.project_id, lp.n as project_rank,
-           coalesce(p.max_running_tasks, settings.default_max_running_tasks)
+  -- A project with no projects.max_running_tasks falls back to the default.
+  with room as materialized (
+    select lp.project_id,
+           coalesce((select p.max_running_tasks from public.projects p
+                     where p.id = lp.project_id),
+                    settings.default_max_running_tasks)
              - (select count(*) from public.ai_tasks r
                 where r.status = 'running' and r.project_id = lp.project_id) as spare
-    from unnest(locked_projects) with ordinality lp (project_id, n)
-    join public.projects p on p.id = lp.project_id
+    from unnest(locked_projects) lp (project_id)
   ), dealt as (
     select d.id, d.model,
            row_number() over (order by d.turn, d.priority desc, d.run_at, d.created_at,
-                              d.project_rank) as pick_order
+                              d.id) as pick_order
     from (
-      select t.id, t.priority, t.run_at, t.created_at, room.project_rank,
+      select t.id, t.priority, t.run_at, t.created_at,
              coalesce(t.model, settings.default_model) as model,
              row_number() over (partition by t.project_id
-                                order by t.priority desc, t.run_at, t.created_at) as turn
+                                order by t.priority desc, t.run_at, t.created_at, t.id) as turn
       from room
       cross join lateral (
         select t.id, t.project_id, t.priority, t.run_at, t.created_at, t.model
@@ -164,7 +174,10 @@ begin
           and t.status = 'queued' and t.run_at <= now()
           and coalesce(t.model, settings.default_model) <> all (blocked_models)
         order by t.priority desc, t.run_at, t.created_at
-        limit greatest(least(room.spare, batch_size), 0)
+        -- With k projects dealt, a project's (batch_size - k + 1)th task
+        -- would come after every other project's first: never needed.
+        limit least(room.spare,
+                    greatest(batch_size - cardinality(locked_projects) + 1, 1))
       ) t
       where room.spare > 0
     ) d
@@ -187,22 +200,26 @@ begin
   order by l.model
   for update;
 
-  select array_agg(f.id order by f.n) into picked
+  select array_agg(m.id order by m.n) into picked
   from (
-    select f.id, f.n, f.model,
-           row_number() over (partition by f.model order by f.n) as model_turn
-    from unnest(fair_ids, fair_models) with ordinality f (id, model, n)
-  ) f
-  left join public.ai_model_limits l on l.model = f.model
-  where l.model is null
-     or (coalesce(l.paused_until, '-infinity') <= now()
-         and (l.requests_per_minute is null
-              or f.model_turn <= l.requests_per_minute
-                 - case when l.window_start = this_window then l.window_requests else 0 end)
-         and (l.tokens_per_minute is null
-              or l.tokens_per_minute > case when l.window_start = this_window
-                                            then l.window_tokens else 0 end))
-  limit batch_size;
+    select f.id, f.n
+    from (
+      select f.id, f.n, f.model,
+             row_number() over (partition by f.model order by f.n) as model_turn
+      from unnest(fair_ids, fair_models) with ordinality f (id, model, n)
+    ) f
+    left join public.ai_model_limits l on l.model = f.model
+    where l.model is null
+       or (coalesce(l.paused_until, '-infinity') <= now()
+           and (l.requests_per_minute is null
+                or f.model_turn <= l.requests_per_minute
+                   - case when l.window_start = this_window then l.window_requests else 0 end)
+           and (l.tokens_per_minute is null
+                or l.tokens_per_minute > case when l.window_start = this_window
+                                              then l.window_tokens else 0 end))
+    order by f.n
+    limit batch_size
+  ) m;
 
   if picked is null then
     return;
