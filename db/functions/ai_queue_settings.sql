@@ -37,4 +37,4 @@ $$;
 revoke all on function
   ai_queue.settings(),
   ai_queue.pause_model(text, timestamptz)
-from public, anon, authenticated;
+from public, anon, authenticated, service_role;
