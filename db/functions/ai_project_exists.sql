@@ -4,7 +4,7 @@
 -- SQL). Service role only: for anyone else it would reveal other users' ids.
 create or replace function public.ai_project_exists(project_id uuid) returns boolean
 language sql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select exists (select 1 from public.projects p where p.id = ai_project_exists.project_id)
 $$;

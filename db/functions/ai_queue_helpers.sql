@@ -1,12 +1,19 @@
 -- Internal helpers shared by the public queue functions. Schema ai_queue is
 -- not exposed through the API and none of these is executable by API roles.
+--
+-- Every function of the queue sets `search_path = pg_catalog, pg_temp`, not
+-- an empty one: with an empty path PostgreSQL still searches the caller's
+-- temporary schema first for type names, so a caller could shadow `text` or
+-- `jsonb` with a temporary type plus a cast and have a SECURITY DEFINER
+-- function run the cast's code with the owner's rights. Listing pg_temp last
+-- leaves it nothing to shadow; objects are still schema-qualified.
 
 -- Raise the project's "bad argument" error: the argument, the rule, the value.
 create or replace function ai_queue.invalid_argument(
   argument text, rule text, got text, hint text default null
 ) returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   raise exception '% %, got %', argument, rule, coalesce(got, 'null')
@@ -23,7 +30,7 @@ $$;
 -- double, and retry_ai_task lets a task's attempts grow without end.
 create or replace function ai_queue.retry_delay(attempt integer) returns interval
 language sql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select make_interval(secs =>
     least(600, 5 * power(2, least(greatest(attempt, 1), 20) - 1)) * (1 + random() * 0.25))
@@ -33,7 +40,7 @@ create or replace function ai_queue.log(
   project_id uuid, task_id uuid, log_type text, message text, metadata jsonb default '{}'
 ) returns void
 language sql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   insert into public.build_logs (project_id, task_id, log_type, message, metadata)
   values (project_id, task_id, log_type, message, metadata)
@@ -46,7 +53,7 @@ create or replace function ai_queue.history(
   project_id uuid, up_to timestamptz, max_messages integer default 10
 ) returns jsonb
 language sql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select coalesce(
     jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content)
@@ -69,7 +76,7 @@ $$;
 -- than "forbidden" so that another user's ids reveal nothing.
 create or replace function ai_queue.authorize_project(target_project uuid) returns void
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   caller_role text := coalesce(nullif(current_setting('role', true), 'none'), 'none');
@@ -105,7 +112,7 @@ $$;
 create or replace function ai_queue.reap_expired_leases(max_tasks integer default 100)
 returns integer
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   reaped integer;
@@ -162,3 +169,7 @@ revoke all on function
   ai_queue.authorize_project(uuid),
   ai_queue.reap_expired_leases(integer)
 from public, anon, authenticated;
+
+-- Pin the search_path of the RLS helper, which a migration created with an
+-- empty one (see the note at the top of this file).
+alter function ai_queue.owns_project(uuid) set search_path = pg_catalog, pg_temp;

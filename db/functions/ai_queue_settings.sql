@@ -5,7 +5,7 @@
 -- (and the row is put back), so the queue never runs on nulls.
 create or replace function ai_queue.settings() returns public.ai_queue_settings
 language plpgsql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   current_settings public.ai_queue_settings;
@@ -25,7 +25,7 @@ $$;
 create or replace function ai_queue.pause_model(model text, until timestamptz)
 returns void
 language sql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   insert into public.ai_model_limits as l (model, paused_until)
   values (pause_model.model, pause_model.until)

@@ -21,7 +21,7 @@ create or replace function public.ai_task_stats(
   usage_days integer default 7
 ) returns jsonb
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -172,7 +172,7 @@ $$;
 -- so that one odd result written by hand cannot break the stats.
 create or replace function ai_queue.result_number(result jsonb, field text) returns numeric
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select case
     when jsonb_typeof(result -> field) = 'number' then (result ->> field)::numeric

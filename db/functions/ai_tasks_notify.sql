@@ -2,7 +2,7 @@
 -- bulk insert of thousands of tasks sends one message, not thousands.
 create or replace function ai_queue.notify_queued() returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform pg_notify('ai_tasks', 'queued');

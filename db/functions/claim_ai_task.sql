@@ -25,7 +25,7 @@ create or replace function public.claim_ai_task(
   lease_seconds integer default 300
 ) returns setof public.ai_task_claim
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

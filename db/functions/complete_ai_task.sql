@@ -13,7 +13,7 @@ create or replace function public.complete_ai_task(
   model text default null
 ) returns uuid
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

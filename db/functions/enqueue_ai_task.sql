@@ -23,7 +23,7 @@ create or replace function public.enqueue_ai_task(
   idempotency_key text default null
 ) returns uuid
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -133,7 +133,7 @@ create or replace function ai_queue.insert_task(
   priority integer, max_attempts integer, idempotency_key text
 ) returns uuid
 language plpgsql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

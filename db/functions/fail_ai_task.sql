@@ -12,7 +12,7 @@ create or replace function public.fail_ai_task(
   retry_after_seconds integer default null
 ) returns text
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

@@ -13,7 +13,7 @@ create or replace function ai_queue.runner_endpoint(
   out url text, out key text, out secret text, out source text
 )
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   settings ai_queue.ops_settings;
@@ -56,7 +56,7 @@ $$;
 create or replace function ai_queue.wake_runner(reason text, due_tasks integer default null)
 returns bigint
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   endpoint record;
@@ -111,7 +111,7 @@ $$;
 -- runner needs to know there is work, not exactly how much.
 create or replace function ai_queue.dispatch_due_tasks() returns bigint
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   due integer;
@@ -133,7 +133,7 @@ $$;
 -- so every error is turned into a warning in the server log.
 create or replace function ai_queue.wake_runner_after_insert() returns trigger
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   due integer;

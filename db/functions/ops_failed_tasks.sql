@@ -9,7 +9,7 @@ create or replace function public.list_failed_ai_tasks(
   since timestamptz default null
 ) returns setof public.ai_failed_task
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 begin
@@ -43,7 +43,7 @@ create or replace function public.retry_failed_ai_tasks(
   max_tasks integer default 1000
 ) returns integer
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

@@ -6,7 +6,7 @@
 -- Returns how many rows of each kind went.
 create or replace function public.purge_ai_queue_history() returns jsonb
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   settings ai_queue.ops_settings;

@@ -16,7 +16,7 @@
 -- 200000 characters), on every streamed chunk, for nothing a client can use.
 create or replace function ai_queue.setup_realtime() returns text[]
 language plpgsql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   publication pg_catalog.pg_publication;
@@ -62,7 +62,7 @@ $$;
 create or replace function ai_queue.setup_schedules(cron_version text default null)
 returns text[]
 language plpgsql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   version text := cron_version;

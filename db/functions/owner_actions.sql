@@ -5,7 +5,7 @@
 -- cancelled task is a no-op; a finished one cannot be cancelled.
 create or replace function public.cancel_ai_task(task_id uuid) returns text
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -61,7 +61,7 @@ create or replace function public.retry_ai_task(
   extra_attempts integer default 3
 ) returns text
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

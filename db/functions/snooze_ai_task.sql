@@ -16,7 +16,7 @@ create or replace function public.snooze_ai_task(
   reason text default 'rate limited'
 ) returns text
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare

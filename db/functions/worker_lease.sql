@@ -9,7 +9,7 @@ create or replace function public.extend_ai_task_lease(
   lease_seconds integer default 300
 ) returns boolean
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 begin
@@ -46,7 +46,7 @@ create or replace function public.release_ai_task(
   attempt integer
 ) returns boolean
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -94,7 +94,7 @@ create or replace function public.stream_ai_task_reply(
   content text
 ) returns boolean
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -134,7 +134,7 @@ $$;
 -- reap too; this keeps expired tasks moving when no worker is claiming.
 create or replace function public.reap_expired_ai_tasks() returns integer
 language sql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select ai_queue.reap_expired_leases(10000)
 $$;
