@@ -185,6 +185,8 @@ export function createOpenRouterModel(config: Config): ChatModel {
     // would only hide the attempts from it.
     maxRetries: 0,
     timeout: config.modelTimeoutMs,
+    // The SDK would print bad stream chunks to stderr; the task's error says it.
+    logLevel: "off",
   });
 
   return {

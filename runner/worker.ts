@@ -28,6 +28,8 @@ export interface WorkerOptions {
 }
 
 export interface WorkerSummary extends RunStats {
+  /** The most tasks this worker held at once. */
+  peak_in_flight: number;
   duration_ms: number;
   tasks_per_second: number;
 }
@@ -69,6 +71,7 @@ export class Worker {
   #started = performance.now();
   #loop: Promise<void> | null = null;
   #graceMs: number;
+  #peak = 0;
   /** The claim error that ended a failFast run. */
   claimError: unknown = null;
 
@@ -167,6 +170,7 @@ export class Worker {
         this.#wakeup.wake();
       });
     this.#inFlight.set(key, done);
+    this.#peak = Math.max(this.#peak, this.#inFlight.size);
   }
 
   /** After the loop: let what runs finish within the grace period, then release it. */
@@ -214,6 +218,7 @@ export class Worker {
     const done = this.stats.completed + this.stats.failed + this.stats.retried;
     return {
       ...this.stats,
+      peak_in_flight: this.#peak,
       duration_ms: Math.round(duration),
       tasks_per_second: duration > 0 ? Math.round(done / duration * 1000 * 10) / 10 : 0,
     };
