@@ -34,7 +34,55 @@ as $$
     updated_at = now()
 $$;
 
+-- Count a completed task's tokens in its model's current minute, for
+-- tokens_per_minute. Tokens are known only once the model has answered, so
+-- the limit stops further claims of the model for the rest of the minute
+-- once the reported tokens reach it; it cannot stop the answers in flight.
+-- The model charged is the one the claim counted (the task's model before
+-- completion, or the default), not the name the provider answered with.
+create or replace function ai_queue.count_model_tokens() returns trigger
+language plpgsql volatile security definer
+set search_path = ''
+as $$
+declare
+  this_window timestamptz := date_trunc('minute', now());
+  tokens bigint := 0;
+  field text;
+begin
+  -- The runner reports prompt_tokens and completion_tokens; total_tokens wins
+  -- when given. Anything that is not a number counts as nothing.
+  if jsonb_typeof(new.result -> 'total_tokens') = 'number' then
+    tokens := floor((new.result ->> 'total_tokens')::numeric);
+  else
+    foreach field in array array['prompt_tokens', 'completion_tokens'] loop
+      if jsonb_typeof(new.result -> field) = 'number' then
+        tokens := tokens + floor((new.result ->> field)::numeric);
+      end if;
+    end loop;
+  end if;
+  if tokens <= 0 then
+    return null;
+  end if;
+
+  update public.ai_model_limits l set
+    window_tokens = case when l.window_start = this_window then l.window_tokens else 0 end
+                    + tokens,
+    window_requests = case when l.window_start = this_window then l.window_requests else 0 end,
+    window_start = this_window,
+    updated_at = now()
+  where l.model = coalesce(old.model, (ai_queue.settings()).default_model)
+    and l.tokens_per_minute is not null;
+  return null;
+end;
+$$;
+
+create or replace trigger ai_tasks_count_model_tokens
+  after update of status on public.ai_tasks
+  for each row when (new.status = 'completed' and old.status = 'running')
+  execute function ai_queue.count_model_tokens();
+
 revoke all on function
   ai_queue.settings(),
-  ai_queue.pause_model(text, timestamptz)
+  ai_queue.pause_model(text, timestamptz),
+  ai_queue.count_model_tokens()
 from public, anon, authenticated, service_role;
