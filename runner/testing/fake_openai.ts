@@ -32,8 +32,8 @@ export type Scenario =
   | { kind: "malformed" }
   | { kind: "stream_error"; afterChunks: number; status?: number; message?: string };
 
-// deno-lint-ignore no-explicit-any
 export interface RecordedRequest {
+  // deno-lint-ignore no-explicit-any
   body: any;
   headers: Record<string, string>;
   at: number;
