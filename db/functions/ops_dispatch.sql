@@ -169,3 +169,76 @@ revoke all on function
   ai_queue.dispatch_due_tasks(),
   ai_queue.wake_runner_after_insert()
 from public, anon, authenticated;
+
+-- set_runner_endpoint: where the dispatch calls go, stored where
+-- runner_endpoint reads it. With Supabase Vault the URL, key and secret
+-- become (or replace) the Vault secrets named in ai_queue.ops_settings;
+-- without Vault they go into ai_queue.ops_settings itself. Returns 'vault' or
+-- 'settings'. For the operator (postgres), never API roles. The values pass
+-- through SQL: run it where statements are not logged in full.
+create or replace function ai_queue.set_runner_endpoint(
+  url text, key text, secret text default null
+) returns text
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  settings ai_queue.ops_settings;
+  item record;
+  existing uuid;
+begin
+  if url is null or url !~ '^https?://[^\s/]+' then
+    perform ai_queue.invalid_argument('url', 'must be an http(s) URL of the runner',
+      case when url is null then null else left(url, 60) end,
+      'For example https://<project-ref>.supabase.co/functions/v1/process-ai-tasks');
+  end if;
+  if key is null or length(btrim(key)) = 0 then
+    perform ai_queue.invalid_argument('key', 'must be the key the Functions gateway accepts',
+      null, 'The service role key (a JWT) passes both the gateway and the runner.');
+  end if;
+  if secret is not null and length(secret) < 16 then
+    perform ai_queue.invalid_argument('secret', 'must be at least 16 characters',
+      length(secret) || ' characters');
+  end if;
+
+  select * into settings from ai_queue.ops_settings s where s.id for update;
+  if not found then
+    insert into ai_queue.ops_settings (id) values (true) returning * into settings;
+  end if;
+
+  if to_regprocedure('vault.create_secret(text,text,text,uuid)') is null then
+    update ai_queue.ops_settings s set
+      runner_url = set_runner_endpoint.url,
+      runner_key = set_runner_endpoint.key,
+      runner_secret = set_runner_endpoint.secret,
+      updated_at = now()
+    where s.id;
+    return 'settings';
+  end if;
+
+  -- Dynamic, because the vault schema exists only on Supabase.
+  for item in
+    select * from (values (settings.vault_url_secret, url, 'process-ai-tasks URL'),
+                          (settings.vault_key_secret, key, 'process-ai-tasks key'),
+                          (settings.vault_runner_secret, secret, 'RUNNER_HTTP_SECRET'))
+      v(name, value, description)
+    where v.value is not null
+  loop
+    execute 'select s.id from vault.secrets s where s.name = $1' into existing using item.name;
+    if existing is null then
+      execute 'select vault.create_secret($1, $2, $3)'
+        using item.value, item.name, item.description;
+    else
+      execute 'select vault.update_secret($1, $2)' using existing, item.value;
+    end if;
+  end loop;
+  -- Vault now says where the runner is; stale fallbacks would only confuse.
+  update ai_queue.ops_settings s set
+    runner_url = null, runner_key = null, runner_secret = null, updated_at = now()
+  where s.id;
+  return 'vault';
+end;
+$$;
+
+revoke all on function ai_queue.set_runner_endpoint(text, text, text)
+  from public, anon, authenticated, service_role;
