@@ -70,6 +70,8 @@ export interface Stats {
     enabled: boolean;
     cron_jobs: CronJob[] | null;
   };
+  /** The queue's tables in the supabase_realtime publication; null without it. */
+  realtime?: string[] | null;
 }
 
 export interface FailedAttempt {
@@ -326,6 +328,14 @@ export function renderStats(s: Stats, where: string): string {
       ]),
     ));
   }
+  const published = s.realtime;
+  out.push(
+    "",
+    published === null || published === undefined
+      ? "Realtime: no supabase_realtime publication in this database"
+      : `Realtime: ${published.length ? published.join(", ") : "no queue table"} ` +
+        "published in supabase_realtime",
+  );
   return out.join("\n");
 }
 

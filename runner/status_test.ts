@@ -222,6 +222,10 @@ dbTest("status prints a project's counts, windows, percentiles and usage", async
     r.stdout.includes("pg_net: no · runner URL: not set"),
     "the dispatch line says what is missing",
   );
+  assert(
+    r.stdout.includes("Realtime: no supabase_realtime publication in this database"),
+    "the Realtime line says the publication is missing",
+  );
   assert(!r.stdout.includes("password"), "no connection secret is printed");
 });
 
@@ -430,4 +434,5 @@ Deno.test("renderStats() says when pg_cron is missing and never prints a URL", (
   assert(out.includes("pg_net: yes · runner URL: set in vault"), out);
   assert(out.includes("pg_cron: not installed in this database"), out);
   assert(out.includes("no finished tasks"), out);
+  assert(out.includes("Realtime: no supabase_realtime publication"), out);
 });

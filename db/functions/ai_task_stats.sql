@@ -14,6 +14,8 @@
 --                result (see ai_queue.result_number).
 --   dispatch     whether pg_net and a runner URL are there (never the URL or
 --                key), and the pg_cron jobs with their last run.
+--   realtime     the queue's tables in the supabase_realtime publication, or
+--                null where that publication does not exist.
 -- Every part reads a partial index or a finished_at range, never the whole
 -- task history.
 create or replace function public.ai_task_stats(
@@ -33,6 +35,7 @@ declare
   usage jsonb;
   dispatch jsonb;
   jobs jsonb;
+  realtime jsonb;
 begin
   if usage_days is null or usage_days not between 1 and 366 then
     perform ai_queue.invalid_argument('usage_days', 'must be between 1 and 366',
@@ -155,6 +158,14 @@ begin
   into dispatch
   from ai_queue.runner_endpoint() e;
 
+  if exists (select from pg_catalog.pg_publication p where p.pubname = 'supabase_realtime') then
+    select coalesce(jsonb_agg(pt.schemaname || '.' || pt.tablename order by pt.tablename), '[]')
+    into realtime
+    from pg_catalog.pg_publication_tables pt
+    where pt.pubname = 'supabase_realtime' and pt.schemaname = 'public'
+      and pt.tablename in ('ai_tasks', 'chat_messages');
+  end if;
+
   return jsonb_build_object(
     'generated_at', now(),
     'project_id', only_project,
@@ -162,7 +173,8 @@ begin
     'counts', live || finished,
     'windows', windows,
     'usage', usage,
-    'dispatch', dispatch);
+    'dispatch', dispatch,
+    'realtime', realtime);
 end;
 $$;
 

@@ -3,7 +3,7 @@
 -- tokens and cost per project and day, and the project filter. now() is fixed
 -- inside the transaction, so every figure below is exact.
 begin;
-select plan(24);
+select plan(26);
 
 delete from public.ai_tasks;
 
@@ -165,6 +165,11 @@ select is((public.ai_task_stats(usage_days => 1) -> 'counts' ->> 'completed'), '
 select is((select (s -> 'dispatch') - 'cron_jobs'::text from stats),
   '{"pg_net": false, "endpoint_source": null, "enabled": true}'::jsonb,
   'the stats say there is no pg_net and no runner URL, and never show a key');
+select is((select s -> 'realtime' from stats), 'null'::jsonb,
+  'without the supabase_realtime publication the stats say so');
+create publication supabase_realtime for table public.chat_messages;
+select is(public.ai_task_stats() -> 'realtime', '["public.chat_messages"]'::jsonb,
+  'with it they list the queue tables it publishes');
 select throws_ok($$select public.ai_task_stats(usage_days => 0)$$, '22023',
   'usage_days must be between 1 and 366, got 0', 'a bad usage_days is refused with 22023');
 set local role authenticated;
