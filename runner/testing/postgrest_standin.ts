@@ -270,7 +270,7 @@ function callSql(fn: string, info: FunctionInfo, keys: string[]): string {
     const source = given.length === 0
       ? ` from ${call} as _t`
       : `${from} cross join lateral ${call} as _t`;
-    return `select coalesce(pg_catalog.json_agg(_t), '[]')::text as body${source}`;
+    return `select coalesce(pg_catalog.json_agg(_t), '[]')::text as body, count(*)::int as n${source}`;
   }
   return `select pg_catalog.to_json(${call})::text as body${from}`;
 }
@@ -407,6 +407,10 @@ export async function startPostgrestStandin(
     const path = new URL(req.url).pathname;
 
     try {
+      // supabase-js's .single() asks for one object instead of an array.
+      const single = (req.headers.get("accept") ?? "").includes(
+        "application/vnd.pgrst.object+json",
+      );
       const rows = await sql.begin(
         req.method === "GET" ? "read only" : "read write",
         async (tx) => {
@@ -418,13 +422,28 @@ export async function startPostgrestStandin(
                   pg_catalog.set_config('request.headers', $5, true)`,
             [role, JSON.stringify(claims), req.method, path, JSON.stringify(headers)],
           );
-          return await tx.unsafe(query, keys.length > 0 ? [JSON.stringify(args)] : []);
+          const result = await tx.unsafe(query, keys.length > 0 ? [JSON.stringify(args)] : []);
+          // Thrown inside the transaction so that, as in PostgREST, the
+          // function's writes are rolled back with the refused answer.
+          if (single && info.returnsSet && result[0].n !== 1) {
+            throw apiError(
+              406,
+              "PGRST116",
+              "JSON object requested, multiple (or no) rows returned",
+              {
+                details: `The result contains ${result[0].n} rows`,
+              },
+            );
+          }
+          return result;
         },
       );
 
       // PostgREST answers a void function with 204 and no body.
       if (info.returnsVoid) return new Response(null, { status: 204 });
-      return new Response(rows[0]?.body ?? "null", {
+      let body: string = rows[0]?.body ?? "null";
+      if (single && info.returnsSet) body = body.slice(1, -1);
+      return new Response(body, {
         status: 200,
         headers: { "content-type": "application/json; charset=utf-8" },
       });

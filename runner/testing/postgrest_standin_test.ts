@@ -132,6 +132,35 @@ dbTest("claim_ai_task with nothing due returns an empty array", async (f) => {
   assertEquals(data, [], "empty array");
 });
 
+dbTest("single() on a set-returning function gives one object, or 406 PGRST116", async (f) => {
+  const taskId = await queueTask(f, f.aliceProject);
+  const one = await f.service.rpc("claim_ai_task", {
+    worker_id: "standin-test",
+    project_id: f.aliceProject,
+  }).single();
+  assertEquals(one.error, null, "no error");
+  assertEquals((one.data as { id: string }).id, taskId, "the object itself, not an array");
+
+  const none = await f.service.rpc("claim_ai_task", {
+    worker_id: "standin-test",
+    project_id: f.aliceProject,
+  }).single();
+  assertEquals([none.status, none.error?.code], [406, "PGRST116"], "no rows left");
+});
+
+dbTest("single() refusing two rows rolls the claim back", async (f) => {
+  const ids = [await queueTask(f, f.aliceProject), await queueTask(f, f.aliceProject)];
+  const two = await f.service.rpc("claim_ai_task", {
+    worker_id: "standin-test",
+    project_id: f.aliceProject,
+    batch_size: 2,
+  }).single();
+  assertEquals([two.status, two.error?.code], [406, "PGRST116"], "two rows refused");
+  assertEquals(two.error?.details, "The result contains 2 rows", "details");
+  const rows = await f.db`select status from public.ai_tasks where id = any(${ids}::uuid[])`;
+  assertEquals(rows.map((r) => r.status), ["queued", "queued"], "both still queued");
+});
+
 dbTest("complete_ai_task returns a bare scalar: the assistant message id", async (f) => {
   const taskId = await queueTask(f, f.aliceProject);
   const claim = await f.service.rpc("claim_ai_task", {
