@@ -38,7 +38,7 @@ export interface ClaimOptions {
   leaseSeconds: number;
 }
 
-export type ListenState = "listening" | "relistened";
+export type ListenState = "listening" | "relistened" | "lost";
 
 export interface QueueDb {
   readonly kind: "postgres" | "supabase";
@@ -227,24 +227,68 @@ export function createPostgresQueueDb(databaseUrl: string, poolSize: number): Qu
         return row.found === true;
       }),
 
-    async listen(onWake, onState) {
-      let first = true;
-      const { unlisten } = await call("listen ai_tasks", () =>
-        sql.listen("ai_tasks", () => onWake(), () => {
-          // postgres.js listens again by itself after the connection drops; a
-          // second call here means it did, and NOTIFYs sent meanwhile were lost.
-          onState?.(first ? "listening" : "relistened");
-          if (!first) onWake();
-          first = false;
-        }));
-      return async () => {
-        await unlisten().catch(() => {});
-      };
-    },
+    listen: (onWake, onState) => Promise.resolve(listenForTasks(databaseUrl, onWake, onState)),
 
     close: () => sql.end({ timeout: 5 }),
   };
   return db;
+}
+
+/**
+ * LISTEN ai_tasks on a connection of its own, kept for as long as the worker
+ * runs. postgres.js's sql.listen subscribes again after a dropped connection
+ * only if the database answers at that moment; after a restart it often does
+ * not, and the subscription is silently gone. So this one retries with
+ * backoff until LISTEN succeeds, whenever its connection closes.
+ */
+function listenForTasks(
+  databaseUrl: string,
+  onWake: () => void,
+  onState?: (state: ListenState) => void,
+): () => Promise<void> {
+  let stopped = false;
+  let subscribing = false;
+  let subscribedOnce = false;
+  const sql = postgres(databaseUrl, {
+    max: 1,
+    idle_timeout: 0,
+    max_lifetime: null,
+    prepare: false,
+    onnotice: () => {},
+    connection: { application_name: "ai-tasks-runner-listen" },
+    onclose: () => {
+      if (!stopped) {
+        onState?.("lost");
+        void subscribe();
+      }
+    },
+    // A documented postgres.js option the types leave out; sql.listen uses it too.
+    ...{ onnotify: (channel: string) => channel === "ai_tasks" && onWake() },
+  } as postgres.Options<Record<string, never>>);
+
+  async function subscribe(): Promise<void> {
+    if (subscribing) return;
+    subscribing = true;
+    for (let delay = 250; !stopped; delay = Math.min(delay * 2, 5000)) {
+      try {
+        await sql`listen ai_tasks`;
+        onState?.(subscribedOnce ? "relistened" : "listening");
+        // NOTIFYs sent while nobody listened are lost: look for work now.
+        if (subscribedOnce) onWake();
+        subscribedOnce = true;
+        break;
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+    subscribing = false;
+  }
+
+  void subscribe();
+  return async () => {
+    stopped = true;
+    await sql.end({ timeout: 2 });
+  };
 }
 
 // ---------------------------------------------------------------- supabase-js

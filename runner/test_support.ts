@@ -87,8 +87,12 @@ export interface MessageRow {
 
 /** A direct connection for arranging rows and reading what the runner left. */
 export class TestDb {
-  readonly sql = postgres(DATABASE_URL, { max: 3, onnotice: () => {} });
+  readonly sql: postgres.Sql;
   #users: string[] = [];
+
+  constructor(url = DATABASE_URL) {
+    this.sql = postgres(url, { max: 3, onnotice: () => {} });
+  }
 
   /** A user and a project of their own; removed (with everything in it) by close(). */
   async project(): Promise<string> {

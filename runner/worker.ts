@@ -151,6 +151,8 @@ export class Worker {
     try {
       const unlisten = await db.listen(() => this.#wakeup.wake(), (state) => {
         if (state === "relistened") log.info("listen_restored", { channel: "ai_tasks" });
+        if (state === "lost") log.warn("listen_lost", { channel: "ai_tasks", action: "retrying" });
+        if (state === "listening") log.debug("listening", { channel: "ai_tasks" });
       });
       if (unlisten === null) log.info("polling", { reason: `${db.kind} client cannot LISTEN` });
       return unlisten;
