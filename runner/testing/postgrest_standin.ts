@@ -11,6 +11,11 @@
 // The role comes from a verified HS256 JWT and must be anon, authenticated
 // or service_role: the pool connects as a superuser, so any other role name
 // would be a way up.
+//
+// Not served (PostgREST has them, our callers do not use them): tables and
+// views, filters/select/order on RPC results, Prefer headers (count,
+// params=single-object, tx), HEAD, array bodies (bulk calls), functions
+// taking one unnamed json parameter, and schema-cache reload by NOTIFY.
 import postgres from "postgres";
 
 const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
@@ -467,7 +472,15 @@ export async function startPostgrestStandin(
       if (req.method !== "POST" && req.method !== "GET") {
         throw apiError(405, "PGRST117", `Unsupported HTTP method: ${req.method}`);
       }
-      return await rpc(req, decodeURIComponent(m[1]));
+      let fn: string;
+      try {
+        fn = decodeURIComponent(m[1]);
+      } catch {
+        throw apiError(404, "PGRST125", "Invalid path specified in request URL", {
+          details: "The function name is not valid percent-encoding.",
+        });
+      }
+      return await rpc(req, fn);
     } catch (e) {
       const err = e instanceof HttpError ? e : fromDatabaseError(e, "anon");
       return json(err.status, err.body, err.wwwAuth ? { "www-authenticate": err.wwwAuth } : {});

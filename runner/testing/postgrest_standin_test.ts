@@ -311,6 +311,15 @@ dbTest("an unknown function gets 404 PGRST202", async (f) => {
   assert(error!.message.includes("public.no_such_function_here(a)"), error!.message);
 });
 
+dbTest("a path that is not an rpc call gets 404 PGRST125", async (f) => {
+  const serviceKey = await f.key({ role: "service_role" });
+  for (const path of ["/rest/v1/ai_tasks", "/rest/v1/rpc/%E0%A4%A"]) {
+    const res = await fetch(`${f.url}${path}`, { headers: { apikey: serviceKey } });
+    const body = await res.json();
+    assertEquals([res.status, body.code], [404, "PGRST125"], path);
+  }
+});
+
 dbTest("an unknown argument name gets 404 PGRST202 with the real signature as hint", async (f) => {
   const { error, status } = await f.service.rpc("claim_ai_task", { worker: "w" });
   assertEquals(status, 404, "status");
