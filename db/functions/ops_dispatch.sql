@@ -180,7 +180,7 @@ create or replace function ai_queue.set_runner_endpoint(
   url text, key text, secret text default null
 ) returns text
 language plpgsql volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   settings ai_queue.ops_settings;
