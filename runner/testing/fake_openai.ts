@@ -552,13 +552,27 @@ function parseArgs(args: string[]): FaultMixOptions & { port: number } {
   return o;
 }
 
-async function main() {
+export interface CliIo {
+  /** One line for stdout (the URL). */
+  out(line: string): void;
+  /** One line for stderr (the exit counts, or a usage error). */
+  err(line: string): void;
+  /** Resolves when the server should stop (SIGTERM/SIGINT in a process). */
+  stop: Promise<unknown>;
+}
+
+/**
+ * The CLI without the process around it: parses args, serves the fault mix
+ * until `io.stop` resolves, prints the per-kind counts, and returns the exit
+ * code (2 for bad arguments).
+ */
+export async function runCli(args: string[], io: CliIo): Promise<number> {
   let o;
   try {
-    o = parseArgs(Deno.args);
+    o = parseArgs(args);
   } catch (e) {
-    console.error(JSON.stringify({ component: "fake_openai", error: (e as Error).message }));
-    Deno.exit(2);
+    io.err(JSON.stringify({ component: "fake_openai", error: (e as Error).message }));
+    return 2;
   }
 
   const counts: Record<string, number> = {};
@@ -568,19 +582,25 @@ async function main() {
     defaultScenario: faultMix(o),
     onServe: (s) => void (counts[kindName(s)] = (counts[kindName(s)] ?? 0) + 1),
   });
-  console.log(JSON.stringify({ url: fake.url }));
+  io.out(JSON.stringify({ url: fake.url }));
 
-  let stopping = false;
-  const stop = async () => {
-    if (stopping) return;
-    stopping = true;
-    await fake.close();
-    const total = Object.values(counts).reduce((a, b) => a + b, 0);
-    console.error(JSON.stringify({ component: "fake_openai", served: total, counts }));
-    Deno.exit(0);
-  };
-  Deno.addSignalListener("SIGTERM", stop);
-  Deno.addSignalListener("SIGINT", stop);
+  await io.stop;
+  await fake.close();
+  const served = Object.values(counts).reduce((a, b) => a + b, 0);
+  io.err(JSON.stringify({ component: "fake_openai", served, counts }));
+  return 0;
+}
+
+async function main() {
+  const { promise: stop, resolve } = Promise.withResolvers<void>();
+  Deno.addSignalListener("SIGTERM", resolve);
+  Deno.addSignalListener("SIGINT", resolve);
+  const code = await runCli(Deno.args, {
+    out: (line) => console.log(line),
+    err: (line) => console.error(line),
+    stop,
+  });
+  Deno.exit(code);
 }
 
 if (import.meta.main) await main();

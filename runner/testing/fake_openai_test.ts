@@ -7,6 +7,7 @@ import {
   faultMix,
   kindName,
   type RecordedRequest,
+  runCli,
   startFakeOpenAI,
 } from "./fake_openai.ts";
 
@@ -399,7 +400,59 @@ Deno.test("the fault mix's replies carry the fixed latency and its 429s Retry-Af
   }
 });
 
-// The CLI needs a subprocess; `deno task test:fixtures` grants --allow-run.
+Deno.test("the CLI prints its URL, serves the fault mix and prints counts per kind at stop", async () => {
+  const out: string[] = [], err: string[] = [];
+  const { promise: stop, resolve } = Promise.withResolvers<void>();
+  const urlPrinted = Promise.withResolvers<string>();
+  const exit = runCli(
+    ["--port", "0", "--fault-rate=0.5", "--latency-ms", "5", "--seed", "42", "--hang-ms", "50"],
+    { out: (l) => (out.push(l), urlPrinted.resolve(l)), err: (l) => void err.push(l), stop },
+  );
+  const { url } = JSON.parse(await urlPrinted.promise);
+  assert(/^http:\/\/127\.0\.0\.1:\d+\/v1$/.test(url), `url: ${url}`);
+
+  const c = new OpenAI({ apiKey: API_KEY, baseURL: url, maxRetries: 0, timeout: 2000 });
+  const outcomes: Record<string, number> = {};
+  for (let i = 0; i < 60; i++) {
+    const kind = await c.chat.completions.create({ model: "m", messages, stream: i % 2 === 0 })
+      .then(async (r) => {
+        if (Symbol.asyncIterator in r) { for await (const _ of r) { /* drain */ } }
+        return "reply";
+      })
+      .catch((e) =>
+        e instanceof OpenAI.APIConnectionTimeoutError
+          ? "hang"
+          : e instanceof OpenAI.APIError && e.status
+          ? `status_${e.status}`
+          : "stream_error"
+      );
+    outcomes[kind] = (outcomes[kind] ?? 0) + 1;
+  }
+
+  resolve();
+  assertEquals(await exit, 0, "exit code");
+  assertEquals(out.length, 1, "one line on stdout");
+  const summary = JSON.parse(err.at(-1)!);
+  assertEquals(summary.served, 60, "served count");
+  assertEquals(summary.counts.reply ?? 0, outcomes.reply ?? 0, "replies the SDK saw");
+  assertEquals(summary.counts.rate_limited_429 ?? 0, outcomes.status_429 ?? 0, "429s");
+  assertEquals(summary.counts.payment_required_402 ?? 0, outcomes.status_402 ?? 0, "402s");
+  assert(summary.counts.reply > 10 && summary.counts.reply < 50, "about half are faults");
+  assert(!err.join("\n").includes(API_KEY), "the key never reaches the log");
+});
+
+Deno.test("the CLI refuses a bad option with exit code 2 and names it", async () => {
+  const err: string[] = [];
+  const code = await runCli(["--fault-rate", "1.5"], {
+    out: () => {},
+    err: (l) => void err.push(l),
+    stop: Promise.resolve(),
+  });
+  assertEquals(code, 2, "exit code");
+  assert(err[0].includes("--fault-rate must be between 0 and 1, got 1.5"), err[0]);
+});
+
+// The CLI as a real process needs a subprocess; `deno task test:fixtures` grants --allow-run.
 const canRun = (await Deno.permissions.query({ name: "run" })).state === "granted";
 if (!canRun) {
   console.warn(
@@ -409,7 +462,7 @@ if (!canRun) {
 }
 
 Deno.test({
-  name: "the CLI prints its URL, serves the fault mix and counts per kind on SIGTERM",
+  name: "the CLI process prints its URL and its counts on SIGTERM, exiting 0",
   ignore: !canRun,
   fn: async () => {
     const cmd = new Deno.Command(Deno.execPath(), {
