@@ -77,3 +77,14 @@ test: test-sql test-concurrency test-runner ## Everything, from nothing
 
 clean: db-stop ## Stop the database and remove it and the installed tools
 	rm -rf .db $(TOOLS) node_modules
+
+# The benchmark's peers are its own development dependencies (bench/package.json),
+# never the project's.
+.PHONY: bench
+bench: tools bench/node_modules/.installed ## Benchmark against graphile-worker and pg-boss (figures, ~6 min)
+	@DATABASE_URL= scripts/db.sh start
+	node bench/run.mjs
+
+bench/node_modules/.installed: bench/package.json bench/package-lock.json
+	npm ci --prefix bench --no-audit --no-fund
+	@touch $@

@@ -89,8 +89,8 @@ export function renderMarkdown({ machine, knobs, results }) {
       const c = results[k].cost;
       if (c.error || !c.cost) return [results[k].label, failed(c) ?? "–", "", "", "", ""];
       const x = c.cost;
-      return [results[k].label, fmt(x.statements, 2), fmt(x.roundTrips, 2),
-        fmt(x.transactions, 2), fmt(x.walCommits, 2),
+      return [results[k].label, fmt(x.statements, 3), fmt(x.roundTrips, 3),
+        fmt(x.transactions, 3), fmt(x.walCommits, 3),
         fmt(x.walBytes) + (x.walMethod === "pg_waldump" ? "" : " (cluster-wide)")];
     })), "");
 

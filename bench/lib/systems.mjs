@@ -3,6 +3,7 @@
 // queued task is done. Bulk enqueues run in one transaction whose xid is
 // returned, so that its WAL can be told apart from the workers'.
 
+import pg from "pg";
 import PgBoss from "pg-boss";
 import { connect, migrateOurs, recreateDatabase, urlFor } from "./pg.mjs";
 
@@ -147,18 +148,23 @@ export const pgboss = {
   async enqueueBulk(from, to) {
     const jobs = [];
     for (let seq = from; seq <= to; seq++) jobs.push({ name: "bench", data: { seq } });
-    return await this.sql.begin(async (tx) => {
-      // pg-boss's own insert, run inside this transaction through its `db` option.
-      const db = {
-        executeSql: async (text, values) =>
-          ({ rows: await tx.unsafe(text, values.map((v) => v ?? null)) }),
-      };
+    // pg-boss's own insert, in one transaction of a node-postgres client (the
+    // driver pg-boss is written for) through its `db` option.
+    const client = new pg.Client({ connectionString: urlFor(this.db) });
+    await client.connect();
+    try {
+      await client.query("begin");
+      const db = { executeSql: (text, values) => client.query(text, values) };
       for (let i = 0; i < jobs.length; i += 5000) {
         await this.boss.insert(jobs.slice(i, i + 5000), { db });
       }
-      const [{ xid }] = await tx`select (pg_current_xact_id()::text::bigint % 4294967296)::text as xid`;
+      const { rows: [{ xid }] } = await client.query(
+        "select (pg_current_xact_id()::text::bigint % 4294967296)::text as xid");
+      await client.query("commit");
       return xid;
-    });
+    } finally {
+      await client.end();
+    }
   },
 
   async enqueueOne(seq) {
