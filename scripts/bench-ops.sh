@@ -10,9 +10,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-300000}
 db=bench_ops_$$
-url=$("$root/scripts/db.sh" url "$db")
-admin=$("$root/scripts/db.sh" url postgres)
-[[ $n =~ ^[0-9]+$ ]] || { echo "bench-ops: finished_tasks must be a whole number, got $n" >&2; exit 2; }
+url=$(DATABASE_URL= "$root/scripts/db.sh" url "$db")
+admin=$(DATABASE_URL= "$root/scripts/db.sh" url postgres)
+if ! [[ $n =~ ^[0-9]+$ ]]; then
+  echo "bench-ops: finished_tasks must be a whole number, got $n" >&2
+  exit 2
+fi
 
 psql -X -q "$admin" -c "create database $db"
 if [ "${KEEP:-0}" = 1 ]; then
