@@ -2,7 +2,7 @@
 -- older than the configured ages, at most retention_batch_size of each per
 -- run, and pg_cron's run log; it keeps live tasks, recent rows and the chat.
 begin;
-select plan(17);
+select plan(20);
 
 -- Only this file's rows, so every count below is exact.
 delete from public.ai_tasks;
@@ -117,6 +117,13 @@ select throws_ok($$select runner_key from ai_queue.ops_settings$$, '42501', null
 reset role;
 set local role service_role;
 select lives_ok($$select public.purge_ai_queue_history()$$, 'the service role can purge');
+select lives_ok(
+  $$update ai_queue.ops_settings set build_log_retention = interval '90 days'$$,
+  'the service role can tune retention');
+select throws_ok($$select runner_key from ai_queue.ops_settings$$, '42501', null,
+  'the service role cannot read the runner key');
+select throws_ok($$update ai_queue.ops_settings set runner_url = 'https://elsewhere.test'$$,
+  '42501', null, 'nor send the wake-up calls elsewhere');
 reset role;
 
 select * from finish();
