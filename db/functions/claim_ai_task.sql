@@ -13,11 +13,12 @@
 --     tokens_per_minute in the current minute (public.ai_model_limits).
 --
 -- Locking, in an order that cannot deadlock: each candidate project is taken
--- with a transaction-scoped advisory lock (tried, never waited for, except by
--- a claim filtered on one project), so concurrent claims count a project's
--- running tasks one at a time and pass on to other projects instead of
--- queueing; then the limited models' rows (blocking, in model order); then
--- the tasks themselves with SKIP LOCKED.
+-- with a transaction-scoped advisory lock, tried and never waited for, so
+-- concurrent claims count a project's running tasks one at a time and pass on
+-- to other projects instead of queueing (a claim filtered on a project that
+-- another claim is deciding gets nothing, as SKIP LOCKED would give it);
+-- then the limited models' rows (waited for, in model order); then the tasks
+-- themselves with SKIP LOCKED.
 create or replace function public.claim_ai_task(
   worker_id text,
   project_id uuid default null,
@@ -104,11 +105,11 @@ begin
   -- and skipped.
   window_rows := case when batch_size = 1 then 1 else batch_size * 2 end;
   if claim_ai_task.project_id is not null then
-    if not claim_ai_task.project_id = any (excluded) then
-      -- One project has no other project to pass on to: wait for the claim
-      -- deciding it, then count what that claim took.
-      perform pg_catalog.pg_advisory_xact_lock(lock_space,
-        hashtext(claim_ai_task.project_id::text));
+    -- Another claim deciding this project holds the tasks it would take, as
+    -- SKIP LOCKED would: pass, rather than wait for its commit.
+    if not claim_ai_task.project_id = any (excluded)
+       and pg_catalog.pg_try_advisory_xact_lock(lock_space,
+                                               hashtext(claim_ai_task.project_id::text)) then
       locked_projects := array[claim_ai_task.project_id];
     end if;
   else
