@@ -4,7 +4,7 @@
 -- an insert fail. pg_net cannot be installed here, so a stand-in net.http_post
 -- with the real signature records its calls; Vault likewise.
 begin;
-select plan(28);
+select plan(31);
 
 insert into auth.users (id, email) values
   ('70000000-0000-4000-8000-000000000001', 'owner@example.test');
@@ -134,6 +134,19 @@ select is(ai_queue.dispatch_due_tasks(), null::bigint,
   'with no due task the dispatch job makes no call');
 select is((select count(*)::integer from net.calls), 8,
   'the idle dispatch job left no call behind');
+
+-- ---------------------------------------------------------------- settings missing
+delete from ai_queue.ops_settings;
+select lives_ok($$select pg_temp.queue(1)$$, 'an insert succeeds when the settings row is gone');
+alter table ai_queue.ops_settings rename to ops_settings_away;
+select lives_ok($$select pg_temp.queue(1)$$,
+  'and when the settings table itself is gone');
+alter table ai_queue.ops_settings_away rename to ops_settings;
+insert into ai_queue.ops_settings (id, runner_url, runner_key, runner_secret) values
+  (true, 'https://ref.supabase.co/functions/v1/process-ai-tasks', 'settings-key-0123456789',
+   'runner-secret-abcdefgh');
+select is((select count(*)::integer from net.calls), 8, 'neither made a call');
+update public.ai_tasks set status = 'cancelled', finished_at = now() where status = 'queued';
 
 -- ---------------------------------------------------------------- pg_net failing
 create or replace function net.http_post(
