@@ -9,8 +9,7 @@ import { handlerFor, type ProjectFilesContext, TaskFailure } from "./handlers.ts
 import { errorText, type Logger } from "./log.ts";
 import { type ChatModel, ModelError } from "./model.ts";
 
-export type Outcome =
-  | "completed" | "retried" | "failed" | "released" | "cancelled" | "unrecorded";
+export type Outcome = "completed" | "retried" | "failed" | "released" | "cancelled" | "unrecorded";
 
 export interface RunStats {
   claimed: number;
@@ -30,8 +29,16 @@ export interface RunStats {
 
 export function newStats(): RunStats {
   return {
-    claimed: 0, completed: 0, retried: 0, snoozed: 0, failed: 0, released: 0, cancelled: 0,
-    unrecorded: 0, prompt_tokens: 0, completion_tokens: 0,
+    claimed: 0,
+    completed: 0,
+    retried: 0,
+    snoozed: 0,
+    failed: 0,
+    released: 0,
+    cancelled: 0,
+    unrecorded: 0,
+    prompt_tokens: 0,
+    completion_tokens: 0,
   };
 }
 
@@ -70,8 +77,12 @@ export async function persist<T>(run: () => Promise<T>, log: Logger, task: TaskR
       return await run();
     } catch (error) {
       if (!(error instanceof QueueDbError && error.transient) || i >= delays.length) throw error;
-      log.warn("db_retry", { task_id: task.id, step: error.step, in_ms: delays[i],
-        error: errorText(error, 200) });
+      log.warn("db_retry", {
+        task_id: task.id,
+        step: error.step,
+        in_ms: delays[i],
+        error: errorText(error, 200),
+      });
       await sleep(delays[i]);
     }
   }
@@ -110,8 +121,12 @@ export async function processTask(
   const ids = { task_id: task.id, project_id: task.projectId, attempt: task.attempt };
   const elapsed = () => Math.round(performance.now() - started);
   stats.claimed++;
-  log.info("claimed", { ...ids, type: task.type, of: task.maxAttempts,
-    waited_ms: Math.max(0, Date.now() - Date.parse(task.createdAt)) });
+  log.info("claimed", {
+    ...ids,
+    type: task.type,
+    of: task.maxAttempts,
+    waited_ms: Math.max(0, Date.now() - Date.parse(task.createdAt)),
+  });
 
   const controller = new AbortController();
   let lost = false;
@@ -128,19 +143,34 @@ export async function processTask(
     try {
       const handler = handlerFor(task.type);
       const reply = await handler({
-        task, db, model: deps.model, config: deps.config, log, signal: controller.signal,
-        projectFilesContext: deps.projectFilesContext, onLost: markLost,
+        task,
+        db,
+        model: deps.model,
+        config: deps.config,
+        log,
+        signal: controller.signal,
+        projectFilesContext: deps.projectFilesContext,
+        onLost: markLost,
       });
       stopKeeping();
       if (lost) throw new LeaseLost();
       const messageId = await persist(
-        () => db.complete(task, reply.content, reply.result, reply.model), log, task);
+        () => db.complete(task, reply.content, reply.result, reply.model),
+        log,
+        task,
+      );
       stats.completed++;
       stats.prompt_tokens += Number(reply.result.prompt_tokens ?? 0);
       stats.completion_tokens += Number(reply.result.completion_tokens ?? 0);
-      log.info("completed", { ...ids, duration_ms: elapsed(), model: reply.model,
-        prompt_tokens: reply.result.prompt_tokens, completion_tokens: reply.result.completion_tokens,
-        chars: reply.content.length, message_id: messageId });
+      log.info("completed", {
+        ...ids,
+        duration_ms: elapsed(),
+        model: reply.model,
+        prompt_tokens: reply.result.prompt_tokens,
+        completion_tokens: reply.result.completion_tokens,
+        chars: reply.content.length,
+        message_id: messageId,
+      });
       return "completed";
     } catch (error) {
       stopKeeping();
@@ -153,15 +183,28 @@ export async function processTask(
       // Cancelled or taken over: the queue already moved on and removed any
       // partial reply; writing anything now would be refused.
       stats.cancelled++;
-      log.info("cancelled", { ...ids, duration_ms: elapsed(),
-        reason: "no longer held by this attempt (cancelled or taken over)" });
+      // Which check noticed: the queue refusing a write (fencing, AQ001) or a
+      // lease renewal or stream write that found the task gone.
+      const refused = error instanceof QueueDbError && error.leaseLost
+        ? { refused_by: error.step, code: error.code }
+        : {};
+      log.info("cancelled", {
+        ...ids,
+        duration_ms: elapsed(),
+        reason: "no longer held by this attempt (cancelled or taken over)",
+        ...refused,
+      });
       return "cancelled";
     }
     if (controller.signal.reason instanceof StopRequested) {
       const released = await persist(() => db.release(task), log, task);
       stats.released++;
-      log.info("released", { ...ids, duration_ms: elapsed(), released,
-        reason: controller.signal.reason.message });
+      log.info("released", {
+        ...ids,
+        duration_ms: elapsed(),
+        released,
+        reason: controller.signal.reason.message,
+      });
       return "released";
     }
 
@@ -172,11 +215,19 @@ export async function processTask(
     const rateLimited = failure instanceof ModelError && failure.kind === "rate_limited";
     const status = rateLimited
       ? await persist(() => db.snooze(task, retryAfter, failure.message), log, task)
-      : await persist(() => db.fail(task, failure.message, failure.retryable, retryAfter), log,
-        task);
+      : await persist(
+        () => db.fail(task, failure.message, failure.retryable, retryAfter),
+        log,
+        task,
+      );
 
-    const fields = { ...ids, duration_ms: elapsed(), error: failure.message,
-      retryable: failure.retryable, retry_after_s: retryAfter ?? undefined };
+    const fields = {
+      ...ids,
+      duration_ms: elapsed(),
+      error: failure.message,
+      retryable: failure.retryable,
+      retry_after_s: retryAfter ?? undefined,
+    };
     if (status === "queued") {
       stats.retried++;
       if (rateLimited) stats.snoozed++;
@@ -193,8 +244,12 @@ export async function processTask(
   } catch (error) {
     // Only a write that kept failing gets here; the lease hands the task back.
     stats.unrecorded++;
-    log.error("unrecorded", { ...ids, duration_ms: elapsed(), error: errorText(error, 300),
-      note: "the task returns to the queue when its lease expires" });
+    log.error("unrecorded", {
+      ...ids,
+      duration_ms: elapsed(),
+      error: errorText(error, 300),
+      note: "the task returns to the queue when its lease expires",
+    });
     return "unrecorded";
   } finally {
     stop.removeEventListener("abort", onStop);
