@@ -124,11 +124,17 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
   const serviceRoleKey = text(env, "SUPABASE_SERVICE_ROLE_KEY");
   const databaseUrl = url(env, "DATABASE_URL", null) ?? url(env, "SUPABASE_DB_URL", null);
   const viaSupabase = supabaseUrl !== null && serviceRoleKey !== null;
-  const dbClient = oneOf<DbClient | "auto">(env, "RUNNER_DB_CLIENT",
-    ["auto", "postgres", "supabase"], "auto");
+  const dbClient = oneOf<DbClient | "auto">(env, "RUNNER_DB_CLIENT", [
+    "auto",
+    "postgres",
+    "supabase",
+  ], "auto");
   if (dbClient === "supabase" && !viaSupabase) {
-    throw new ConfigError("RUNNER_DB_CLIENT",
-      "is supabase, which needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY", dbClient);
+    throw new ConfigError(
+      "RUNNER_DB_CLIENT",
+      "is supabase, which needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY",
+      dbClient,
+    );
   }
 
   const concurrency = int(env, "RUNNER_CONCURRENCY", 10, 1, 5000);
@@ -153,8 +159,13 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
     leaseSeconds,
     // A lease is renewed only while a call outlives this, so quick calls cost no
     // extra query; a third of the lease leaves two renewals' slack.
-    heartbeatMs: int(env, "RUNNER_HEARTBEAT_MS", Math.min(15_000, leaseSeconds * 1000 / 3),
-      100, leaseSeconds * 1000 / 2),
+    heartbeatMs: int(
+      env,
+      "RUNNER_HEARTBEAT_MS",
+      Math.min(15_000, leaseSeconds * 1000 / 3),
+      100,
+      leaseSeconds * 1000 / 2,
+    ),
     modelTimeoutMs: int(env, "RUNNER_MODEL_TIMEOUT_MS", 120_000, 100, 3_600_000),
     pollMs: int(env, "RUNNER_POLL_MS", 500, 10, 600_000),
     pollMaxMs: int(env, "RUNNER_POLL_MAX_MS", 10_000, 10, 3_600_000),
@@ -165,17 +176,27 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
     timeBudgetMs: int(env, "RUNNER_TIME_BUDGET_MS", 120_000, 1_000, 3_600_000),
     httpSecret: text(env, "RUNNER_HTTP_SECRET"),
     offlineDelayMs: int(env, "RUNNER_OFFLINE_DELAY_MS", 0, 0, 600_000),
-    logFormat: oneOf<LogFormat>(env, "RUNNER_LOG_FORMAT", ["json", "text"],
-      isTerminal() ? "text" : "json"),
+    logFormat: oneOf<LogFormat>(
+      env,
+      "RUNNER_LOG_FORMAT",
+      ["json", "text"],
+      isTerminal() ? "text" : "json",
+    ),
     logPrompts: flag(env, "RUNNER_LOG_PROMPTS"),
   };
   if (config.pollMaxMs < config.pollMs) {
-    throw new ConfigError("RUNNER_POLL_MAX_MS", `must be at least RUNNER_POLL_MS (${config.pollMs})`,
-      String(config.pollMaxMs));
+    throw new ConfigError(
+      "RUNNER_POLL_MAX_MS",
+      `must be at least RUNNER_POLL_MS (${config.pollMs})`,
+      String(config.pollMaxMs),
+    );
   }
   if (config.httpSecret !== null && config.httpSecret.length < 16) {
-    throw new ConfigError("RUNNER_HTTP_SECRET", "must be at least 16 characters",
-      `${config.httpSecret.length} characters`);
+    throw new ConfigError(
+      "RUNNER_HTTP_SECRET",
+      "must be at least 16 characters",
+      `${config.httpSecret.length} characters`,
+    );
   }
   return config;
 }

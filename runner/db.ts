@@ -44,11 +44,19 @@ export interface QueueDb {
   readonly kind: "postgres" | "supabase";
   claim(options: ClaimOptions): Promise<ClaimedTask[]>;
   /** Writes the answer; returns the assistant message id. Raises AQ001 when not held. */
-  complete(task: TaskRef, content: string, result: Record<string, unknown>,
-    model: string | null): Promise<string>;
+  complete(
+    task: TaskRef,
+    content: string,
+    result: Record<string, unknown>,
+    model: string | null,
+  ): Promise<string>;
   /** Returns the new status: queued (a retry is scheduled) or failed. */
-  fail(task: TaskRef, error: string, retryable: boolean,
-    retryAfterSeconds?: number | null): Promise<string>;
+  fail(
+    task: TaskRef,
+    error: string,
+    retryable: boolean,
+    retryAfterSeconds?: number | null,
+  ): Promise<string>;
   /**
    * A rate-limit answer: back to the queue without spending the attempt where
    * snooze_ai_task exists, else a retryable failure. Returns the new status.
@@ -64,8 +72,10 @@ export interface QueueDb {
    * Calls onWake on every NOTIFY on channel ai_tasks, and onState when the
    * subscription is (re)established. Returns null where the client cannot listen.
    */
-  listen(onWake: () => void, onState?: (state: ListenState) => void):
-    Promise<(() => Promise<void>) | null>;
+  listen(
+    onWake: () => void,
+    onState?: (state: ListenState) => void,
+  ): Promise<(() => Promise<void>) | null>;
   close(): Promise<void>;
 }
 
@@ -339,23 +349,38 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
     },
 
     complete: async (task, content, result, model) =>
-      String(await rpc("complete_ai_task", {
-        task_id: task.id, attempt: task.attempt, content, result, model,
-      })),
+      String(
+        await rpc("complete_ai_task", {
+          task_id: task.id,
+          attempt: task.attempt,
+          content,
+          result,
+          model,
+        }),
+      ),
 
     fail: async (task, error, retryable, retryAfterSeconds = null) =>
-      String(await rpc("fail_ai_task", {
-        task_id: task.id, attempt: task.attempt, error, retryable,
-        retry_after_seconds: retryAfterSeconds,
-      })),
+      String(
+        await rpc("fail_ai_task", {
+          task_id: task.id,
+          attempt: task.attempt,
+          error,
+          retryable,
+          retry_after_seconds: retryAfterSeconds,
+        }),
+      ),
 
     async snooze(task, retryAfterSeconds, reason) {
       if (!snoozeMissing) {
         try {
-          return String(await rpc("snooze_ai_task", {
-            task_id: task.id, attempt: task.attempt,
-            retry_after_seconds: retryAfterSeconds, reason,
-          }));
+          return String(
+            await rpc("snooze_ai_task", {
+              task_id: task.id,
+              attempt: task.attempt,
+              retry_after_seconds: retryAfterSeconds,
+              reason,
+            }),
+          );
         } catch (error) {
           if (!(error instanceof QueueDbError && error.missingFunction)) throw error;
           snoozeMissing = true;
@@ -366,7 +391,9 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
 
     extend: async (task, leaseSeconds) =>
       (await rpc("extend_ai_task_lease", {
-        task_id: task.id, attempt: task.attempt, lease_seconds: leaseSeconds,
+        task_id: task.id,
+        attempt: task.attempt,
+        lease_seconds: leaseSeconds,
       })) === true,
 
     release: async (task) =>
@@ -374,7 +401,9 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
 
     streamReply: async (task, content) =>
       (await rpc("stream_ai_task_reply", {
-        task_id: task.id, attempt: task.attempt, content,
+        task_id: task.id,
+        attempt: task.attempt,
+        content,
       })) === true,
 
     projectExists: async (projectId) =>

@@ -22,7 +22,10 @@ interface Options {
 function parse(args: string[]): Options {
   const names = ["project", "message", "type", "model", "priority", "max-attempts", "count"];
   const values: Record<string, string | undefined> = {
-    type: "chat_reply", priority: "0", "max-attempts": "3", count: "1",
+    type: "chat_reply",
+    priority: "0",
+    "max-attempts": "3",
+    count: "1",
   };
   // `deno task enqueue -- ...` passes the `--` through.
   const rest = args[0] === "--" ? args.slice(1) : [...args];
@@ -67,8 +70,13 @@ async function enqueue(o: Options): Promise<string[]> {
     });
     for (let i = 0; i < o.count; i++) {
       const { data, error } = await client.rpc("enqueue_ai_task", {
-        project_id: o.project, type: o.type, payload: {}, message: message(i), model: o.model,
-        priority: o.priority, max_attempts: o.maxAttempts,
+        project_id: o.project,
+        type: o.type,
+        payload: {},
+        message: message(i),
+        model: o.model,
+        priority: o.priority,
+        max_attempts: o.maxAttempts,
       });
       if (error) throw new Error(`${error.message}${error.hint ? ` (${error.hint})` : ""}`);
       ids.push(String(data));

@@ -51,15 +51,20 @@ export class TaskFailure extends Error {
 function filesContextLine(context: ProjectFilesContext): string {
   const version = context.versionNumber !== undefined
     ? ` (version ${context.versionNumber}${context.versionId ? `, id ${context.versionId}` : ""})`
-    : context.versionId ? ` (version id ${context.versionId})` : "";
+    : context.versionId
+    ? ` (version id ${context.versionId})`
+    : "";
   return `The project's current files are in storage bucket "${context.bucket}" ` +
     `at "${context.path}"${version}.`;
 }
 
 function taskFilesContext(task: ClaimedTask): ProjectFilesContext | null {
   const value = task.payload.projectFilesContext ?? task.payload.project_files_context;
-  if (value && typeof value === "object" && typeof (value as ProjectFilesContext).bucket ===
-      "string" && typeof (value as ProjectFilesContext).path === "string") {
+  if (
+    value && typeof value === "object" && typeof (value as ProjectFilesContext).bucket ===
+      "string" &&
+    typeof (value as ProjectFilesContext).path === "string"
+  ) {
     return value as ProjectFilesContext;
   }
   return null;
@@ -73,17 +78,21 @@ export function chatMessages(
 ): ChatMessage[] {
   const context = taskFilesContext(task) ?? requestContext;
   const system = context ? `${systemPrompt}\n\n${filesContextLine(context)}` : systemPrompt;
-  return [{ role: "system", content: system },
-    ...task.history.map((m) => ({ role: m.role, content: m.content }))];
+  return [
+    { role: "system", content: system },
+    ...task.history.map((m) => ({ role: m.role, content: m.content })),
+  ];
 }
 
 /**
  * Shows a reply as it grows by writing it through stream_ai_task_reply, at
  * most once per interval and one write at a time. The clock starts with the
- * call, so a reply that arrives within the first interval costs no write.
+ * call and the first piece is never written, so a reply that arrives within
+ * the first interval, or in one piece however late, costs no write: the
+ * only write it needs is complete_ai_task's.
  */
 class ThrottledReplyWriter {
-  #latest: string | null = null;
+  #pieces = 0;
   #lastWrite = performance.now();
   #inFlight: Promise<void> | null = null;
   writes = 0;
@@ -91,9 +100,10 @@ class ThrottledReplyWriter {
   constructor(private ctx: HandlerContext, private intervalMs: number) {}
 
   offer(text: string): void {
-    this.#latest = text;
-    if (this.#inFlight || performance.now() - this.#lastWrite < this.intervalMs) return;
-    const content = this.#latest;
+    this.#pieces++;
+    if (this.#pieces < 2 || this.#inFlight) return;
+    if (performance.now() - this.#lastWrite < this.intervalMs) return;
+    const content = text;
     this.#lastWrite = performance.now();
     this.writes++;
     this.#inFlight = this.ctx.db.streamReply(this.ctx.task, content)
@@ -104,7 +114,8 @@ class ThrottledReplyWriter {
         // A missed partial write only delays what the user sees; the final
         // write is complete_ai_task's.
         this.ctx.log.warn("stream_write_failed", {
-          task_id: this.ctx.task.id, error: String(error?.message ?? error).slice(0, 200),
+          task_id: this.ctx.task.id,
+          error: String(error?.message ?? error).slice(0, 200),
         });
       })
       .finally(() => {
@@ -121,15 +132,19 @@ class ThrottledReplyWriter {
 export const chatReply: TaskHandler = async (ctx) => {
   const { task, config } = ctx;
   if (task.history.length === 0) {
-    throw new TaskFailure("chat_reply needs a chat message to answer, and the project has none",
-      false);
+    throw new TaskFailure(
+      "chat_reply needs a chat message to answer, and the project has none",
+      false,
+    );
   }
   const messages = chatMessages(task, config.systemPrompt, ctx.projectFilesContext ?? null);
   const requested = task.model ?? config.defaultModel;
   const writer = new ThrottledReplyWriter(ctx, config.streamIntervalMs);
 
   ctx.log.debug("model_call", {
-    task_id: task.id, model: requested, messages: messages.length,
+    task_id: task.id,
+    model: requested,
+    messages: messages.length,
     ...(config.logPrompts ? { prompt: messages } : {}),
   });
   let reply;
@@ -146,10 +161,16 @@ export const chatReply: TaskHandler = async (ctx) => {
   }
 
   ctx.log.info("model_called", {
-    task_id: task.id, project_id: task.projectId, attempt: task.attempt,
-    model: reply.model, offline: reply.offline || undefined, latency_ms: reply.latencyMs,
-    prompt_tokens: reply.promptTokens, completion_tokens: reply.completionTokens,
-    cost: reply.cost ?? undefined, stream_writes: writer.writes,
+    task_id: task.id,
+    project_id: task.projectId,
+    attempt: task.attempt,
+    model: reply.model,
+    offline: reply.offline || undefined,
+    latency_ms: reply.latencyMs,
+    prompt_tokens: reply.promptTokens,
+    completion_tokens: reply.completionTokens,
+    cost: reply.cost ?? undefined,
+    stream_writes: writer.writes,
   });
   const result: Record<string, unknown> = {
     model: reply.model,
@@ -177,7 +198,9 @@ export function handlerFor(type: string): TaskHandler {
   if (!handler) {
     const known = Object.keys(handlers).join(", ");
     throw new TaskFailure(
-      `task type ${type} is not supported yet by this runner (it handles: ${known})`, false);
+      `task type ${type} is not supported yet by this runner (it handles: ${known})`,
+      false,
+    );
   }
   return handler;
 }

@@ -66,19 +66,31 @@ function filesContextFrom(value: unknown): ProjectFilesContext | null {
   const v = value as Record<string, unknown>;
   for (const key of ["bucket", "path"]) {
     if (typeof v[key] !== "string" || (v[key] as string).length === 0) {
-      throw new HttpError(400, `${field}.${key} must be a non-empty string, got ${describe(v[key])}`,
-        `${field}.${key}`);
+      throw new HttpError(
+        400,
+        `${field}.${key} must be a non-empty string, got ${describe(v[key])}`,
+        `${field}.${key}`,
+      );
     }
   }
   if (v.versionId !== undefined && typeof v.versionId !== "string") {
-    throw new HttpError(400, `${field}.versionId must be a string, got ${describe(v.versionId)}`,
-      `${field}.versionId`);
+    throw new HttpError(
+      400,
+      `${field}.versionId must be a string, got ${describe(v.versionId)}`,
+      `${field}.versionId`,
+    );
   }
-  if (v.versionNumber !== undefined &&
-      !(Number.isInteger(v.versionNumber) && (v.versionNumber as number) >= 0)) {
-    throw new HttpError(400,
-      `${field}.versionNumber must be a whole number of 0 or more, got ${describe(v.versionNumber)}`,
-      `${field}.versionNumber`);
+  if (
+    v.versionNumber !== undefined &&
+    !(Number.isInteger(v.versionNumber) && (v.versionNumber as number) >= 0)
+  ) {
+    throw new HttpError(
+      400,
+      `${field}.versionNumber must be a whole number of 0 or more, got ${
+        describe(v.versionNumber)
+      }`,
+      `${field}.versionNumber`,
+    );
   }
   return {
     bucket: v.bucket as string,
@@ -105,35 +117,58 @@ export function parseJob(text: string): Job {
 
   if ("record" in b || "table" in b || "type" in b) {
     if (b.type !== "INSERT" || b.table !== "ai_tasks") {
-      throw new HttpError(400, `webhook must be an INSERT on ai_tasks, got ${describe(b.type)} ` +
-        `on ${describe(b.table)}`, "type");
+      throw new HttpError(
+        400,
+        `webhook must be an INSERT on ai_tasks, got ${describe(b.type)} ` +
+          `on ${describe(b.table)}`,
+        "type",
+      );
     }
     if (typeof b.record !== "object" || b.record === null || Array.isArray(b.record)) {
-      throw new HttpError(400, `record must be the inserted row, got ${describe(b.record)}`,
-        "record");
+      throw new HttpError(
+        400,
+        `record must be the inserted row, got ${describe(b.record)}`,
+        "record",
+      );
     }
     const record = b.record as Record<string, unknown>;
-    return { source: "webhook", projectId: projectIdFrom(record.project_id, "record.project_id"),
-      projectFilesContext: null };
+    return {
+      source: "webhook",
+      projectId: projectIdFrom(record.project_id, "record.project_id"),
+      projectFilesContext: null,
+    };
   }
 
   const known = ["projectId", "projectFilesContext", "source", "trigger", "due"];
   const unknown = Object.keys(b).filter((k) => !known.includes(k));
   if (unknown.length > 0) {
-    throw new HttpError(400, `unknown field ${unknown[0]}; expected ${known.join(", ")}`,
-      unknown[0]);
+    throw new HttpError(
+      400,
+      `unknown field ${unknown[0]}; expected ${known.join(", ")}`,
+      unknown[0],
+    );
   }
   if (b.source !== undefined && b.source !== "cron") {
-    throw new HttpError(400, `source must be "cron" when given, got ${describe(b.source)}`,
-      "source");
+    throw new HttpError(
+      400,
+      `source must be "cron" when given, got ${describe(b.source)}`,
+      "source",
+    );
   }
   if (b.trigger !== undefined && b.trigger !== "insert" && b.trigger !== "schedule") {
-    throw new HttpError(400, `trigger must be "insert" or "schedule" when given, got ` +
-      describe(b.trigger), "trigger");
+    throw new HttpError(
+      400,
+      `trigger must be "insert" or "schedule" when given, got ` +
+        describe(b.trigger),
+      "trigger",
+    );
   }
   if (b.due !== undefined && !(Number.isInteger(b.due) && (b.due as number) >= 0)) {
-    throw new HttpError(400, `due must be a whole number of 0 or more, got ${describe(b.due)}`,
-      "due");
+    throw new HttpError(
+      400,
+      `due must be a whole number of 0 or more, got ${describe(b.due)}`,
+      "due",
+    );
   }
   if (b.projectId === undefined && b.projectFilesContext === undefined) {
     const source = b.trigger === undefined ? "cron" : b.trigger as "insert" | "schedule";
@@ -166,8 +201,11 @@ async function sameSecret(given: string, expected: string): Promise<boolean> {
 async function authorize(request: Request, config: Config): Promise<void> {
   const secrets = [config.serviceRoleKey, config.httpSecret].filter((s): s is string => !!s);
   if (secrets.length === 0) {
-    throw new HttpError(500, "the runner has neither SUPABASE_SERVICE_ROLE_KEY nor " +
-      "RUNNER_HTTP_SECRET set, so it cannot authorize any request");
+    throw new HttpError(
+      500,
+      "the runner has neither SUPABASE_SERVICE_ROLE_KEY nor " +
+        "RUNNER_HTTP_SECRET set, so it cannot authorize any request",
+    );
   }
   const given: string[] = [];
   const secretHeader = request.headers.get("x-runner-secret");
@@ -181,16 +219,20 @@ async function authorize(request: Request, config: Config): Promise<void> {
     }
   }
   if (given.length === 0) {
-    throw new HttpError(401,
-      "Authorization header is required: Bearer <service role key or RUNNER_HTTP_SECRET>");
+    throw new HttpError(
+      401,
+      "Authorization header is required: Bearer <service role key or RUNNER_HTTP_SECRET>",
+    );
   }
   let ok = false;
   for (const token of given) {
     for (const secret of secrets) ok = (await sameSecret(token, secret)) || ok;
   }
   if (!ok) {
-    throw new HttpError(401,
-      "Authorization key is wrong: use the service role key or RUNNER_HTTP_SECRET");
+    throw new HttpError(
+      401,
+      "Authorization key is wrong: use the service role key or RUNNER_HTTP_SECRET",
+    );
   }
 }
 
@@ -289,8 +331,11 @@ export function createHandler(deps?: HttpDeps): Handler {
       return json(200, claimError ? { ...summary, error: errorText(claimError, 300) } : summary);
     } catch (error) {
       if (error instanceof HttpError) {
-        const headers: Record<string, string> = error.status === 405 ? { allow: "POST" }
-          : error.status === 401 ? { "www-authenticate": "Bearer" } : {};
+        const headers: Record<string, string> = error.status === 405
+          ? { allow: "POST" }
+          : error.status === 401
+          ? { "www-authenticate": "Bearer" }
+          : {};
         log?.warn("http_rejected", { status: error.status, error: error.message });
         return json(error.status, { error: error.message, field: error.field }, headers);
       }

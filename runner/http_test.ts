@@ -36,12 +36,17 @@ for (const path of DB_PATHS) {
     const handler = createHandler(deps);
 
     const post = (body: unknown, headers: Record<string, string> = {}) =>
-      handler(new Request("http://runner.test/", {
-        method: "POST",
-        headers: { authorization: `Bearer ${SERVICE_KEY}`, "content-type": "application/json",
-          ...headers },
-        body: typeof body === "string" ? body : JSON.stringify(body),
-      }));
+      handler(
+        new Request("http://runner.test/", {
+          method: "POST",
+          headers: {
+            authorization: `Bearer ${SERVICE_KEY}`,
+            "content-type": "application/json",
+            ...headers,
+          },
+          body: typeof body === "string" ? body : JSON.stringify(body),
+        }),
+      );
 
     /** A project with one queued task, and the rejected request leaves it so. */
     async function untouched(send: (projectId: string) => Promise<Response>) {
@@ -54,7 +59,8 @@ for (const path of DB_PATHS) {
     }
 
     try {
-      await t.step("{projectId} processes that project's queued tasks and answers a summary",
+      await t.step(
+        "{projectId} processes that project's queued tasks and answers a summary",
         async () => {
           const projectId = await rows.project();
           const ids = [await rows.enqueue(projectId), await rows.enqueue(projectId)];
@@ -62,41 +68,63 @@ for (const path of DB_PATHS) {
           const response = await post({ projectId });
           assertEquals(response.status, 200, "status");
           const body = await response.json();
-          assertEquals([body.claimed, body.completed, body.retried, body.failed], [2, 2, 0, 0],
-            "summary counts");
+          assertEquals(
+            [body.claimed, body.completed, body.retried, body.failed],
+            [2, 2, 0, 0],
+            "summary counts",
+          );
           assertEquals(body.project_id, projectId, "summary names the project");
           for (const id of ids) {
             assertEquals((await rows.task(id)).status, "completed", "task completed");
             assertEquals((await rows.assistantMessages(id)).length, 1, "reply written");
           }
           assertEquals((await rows.task(other)).status, "queued", "another project is left alone");
-        });
+        },
+      );
 
       await t.step("projectFilesContext reaches the model's system message", async () => {
         const projectId = await rows.project();
         await rows.enqueue(projectId);
         const before = fake.requests.length;
-        const response = await post({ projectId, projectFilesContext: { bucket: "project-files",
-          path: `${projectId}/v7`, versionId: "ver-7", versionNumber: 7 } });
+        const response = await post({
+          projectId,
+          projectFilesContext: {
+            bucket: "project-files",
+            path: `${projectId}/v7`,
+            versionId: "ver-7",
+            versionNumber: 7,
+          },
+        });
         assertEquals(response.status, 200, "status");
-        assertMatch(fake.requests[before].body.messages[0].content,
+        assertMatch(
+          fake.requests[before].body.messages[0].content,
           new RegExp(`"project-files" at "${projectId}/v7" \\(version 7, id ver-7\\)`),
-          "system message carries the files context");
+          "system message carries the files context",
+        );
       });
 
       await t.step("a Database Webhook INSERT body processes the record's project", async () => {
         const projectId = await rows.project();
         const taskId = await rows.enqueue(projectId);
-        const response = await post({ type: "INSERT", table: "ai_tasks", schema: "public",
-          record: { id: taskId, project_id: projectId, status: "queued" }, old_record: null });
+        const response = await post({
+          type: "INSERT",
+          table: "ai_tasks",
+          schema: "public",
+          record: { id: taskId, project_id: projectId, status: "queued" },
+          old_record: null,
+        });
         assertEquals(response.status, 200, "status");
         const body = await response.json();
         assertEquals([body.source, body.claimed, body.completed], ["webhook", 1, 1], "summary");
         assertEquals((await rows.task(taskId)).status, "completed", "task completed");
       });
 
-      for (const [name, body] of [["{}", {}], ['{"source":"cron"}', { source: "cron" }],
-        ["the queue's wake-up", { trigger: "insert", due: 1 }], ["an empty body", ""]] as const) {
+      for (
+        const [name, body] of [["{}", {}], ['{"source":"cron"}', { source: "cron" }], [
+          "the queue's wake-up",
+          { trigger: "insert", due: 1 },
+        ], ["an empty body", ""]] as const
+      ) {
         await t.step(`the cron body ${name} drains any project`, async () => {
           const taskId = await rows.enqueue(await rows.project());
           const response = await post(body);
@@ -109,18 +137,26 @@ for (const path of DB_PATHS) {
       }
 
       await t.step("RUNNER_HTTP_SECRET is accepted as Bearer and as x-runner-secret", async () => {
-        const bearer = await post({ projectId: await rows.project() },
-          { authorization: `Bearer ${FAKE_HTTP_SECRET}` });
+        const bearer = await post({ projectId: await rows.project() }, {
+          authorization: `Bearer ${FAKE_HTTP_SECRET}`,
+        });
         assertEquals(bearer.status, 200, "Bearer secret");
-        const header = await post({ projectId: await rows.project() },
-          { authorization: "Bearer some-gateway-anon-jwt", "x-runner-secret": FAKE_HTTP_SECRET });
+        const header = await post({ projectId: await rows.project() }, {
+          authorization: "Bearer some-gateway-anon-jwt",
+          "x-runner-secret": FAKE_HTTP_SECRET,
+        });
         assertEquals(header.status, 200, "x-runner-secret beside a gateway key");
       });
 
       await t.step("a missing Authorization is 401 and processes nothing", async () => {
         const { response, body } = await untouched((projectId) =>
-          handler(new Request("http://runner.test/", { method: "POST",
-            body: JSON.stringify({ projectId }) })));
+          handler(
+            new Request("http://runner.test/", {
+              method: "POST",
+              body: JSON.stringify({ projectId }),
+            }),
+          )
+        );
         assertEquals(response.status, 401, "status");
         assertEquals(response.headers.get("www-authenticate"), "Bearer", "challenge");
         assertMatch(body.error, /Authorization header is required/, "error");
@@ -128,7 +164,8 @@ for (const path of DB_PATHS) {
 
       await t.step("a wrong key is 401 and processes nothing", async () => {
         const { response, body } = await untouched((projectId) =>
-          post({ projectId }, { authorization: "Bearer not-the-key" }));
+          post({ projectId }, { authorization: "Bearer not-the-key" })
+        );
         assertEquals(response.status, 401, "status");
         assertMatch(body.error, /key is wrong/, "error");
         assert(!JSON.stringify(body).includes(SERVICE_KEY), "the real key is not echoed");
@@ -136,7 +173,8 @@ for (const path of DB_PATHS) {
 
       await t.step("malformed JSON is 400 and says so", async () => {
         const { response, body } = await untouched((projectId) =>
-          post(`{"projectId": "${projectId}"`));
+          post(`{"projectId": "${projectId}"`)
+        );
         assertEquals(response.status, 400, "status");
         assertMatch(body.error, /body must be JSON/, "error");
       });
@@ -149,7 +187,8 @@ for (const path of DB_PATHS) {
 
       await t.step("projectFilesContext without projectId is 400 naming projectId", async () => {
         const { response, body } = await untouched(() =>
-          post({ projectFilesContext: { bucket: "b", path: "p" } }));
+          post({ projectFilesContext: { bucket: "b", path: "p" } })
+        );
         assertEquals(response.status, 400, "status");
         assertEquals(body.field, "projectId", "field");
         assertMatch(body.error, /projectId is required/, "error");
@@ -166,8 +205,10 @@ for (const path of DB_PATHS) {
       });
 
       await t.step("a bad projectFilesContext is 400 naming the field", async () => {
-        const response = await post({ projectId: crypto.randomUUID(),
-          projectFilesContext: { bucket: "b", path: "p", versionNumber: -1 } });
+        const response = await post({
+          projectId: crypto.randomUUID(),
+          projectFilesContext: { bucket: "b", path: "p", versionNumber: -1 },
+        });
         assertEquals(response.status, 400, "status");
         assertEquals((await response.json()).field, "projectFilesContext.versionNumber", "field");
       });
@@ -189,8 +230,12 @@ for (const path of DB_PATHS) {
 
       await t.step("a method other than POST is 405 with Allow: POST", async () => {
         for (const method of ["GET", "PUT", "DELETE"]) {
-          const response = await handler(new Request("http://runner.test/", { method,
-            headers: { authorization: `Bearer ${SERVICE_KEY}` } }));
+          const response = await handler(
+            new Request("http://runner.test/", {
+              method,
+              headers: { authorization: `Bearer ${SERVICE_KEY}` },
+            }),
+          );
           assertEquals(response.status, 405, `status for ${method}`);
           assertEquals(response.headers.get("allow"), "POST", "Allow header");
           assertMatch((await response.json()).error, /method must be POST/, "error");
@@ -210,28 +255,41 @@ for (const path of DB_PATHS) {
         assertEquals((await response.json()).claimed, 0, "nothing claimed");
       });
 
-      await t.step("a time budget that runs out releases the task without spending its attempt",
+      await t.step(
+        "a time budget that runs out releases the task without spending its attempt",
         async () => {
           fake.push({ kind: "hang", ms: 30_000 });
-          const tight = testConfig({ ...env, SUPABASE_SERVICE_ROLE_KEY: SERVICE_KEY,
-            RUNNER_TIME_BUDGET_MS: "1500", RUNNER_MODEL_TIMEOUT_MS: "60000" });
+          const tight = testConfig({
+            ...env,
+            SUPABASE_SERVICE_ROLE_KEY: SERVICE_KEY,
+            RUNNER_TIME_BUDGET_MS: "1500",
+            RUNNER_MODEL_TIMEOUT_MS: "60000",
+          });
           const tightHandler = createHandler({ ...deps, config: tight });
           const projectId = await rows.project();
           const taskId = await rows.enqueue(projectId);
           const started = Date.now();
-          const response = await tightHandler(new Request("http://runner.test/", {
-            method: "POST", headers: { authorization: `Bearer ${SERVICE_KEY}` },
-            body: JSON.stringify({ projectId }) }));
+          const response = await tightHandler(
+            new Request("http://runner.test/", {
+              method: "POST",
+              headers: { authorization: `Bearer ${SERVICE_KEY}` },
+              body: JSON.stringify({ projectId }),
+            }),
+          );
           assertEquals(response.status, 200, "status");
           const body = await response.json();
           assert(Date.now() - started < 5000, "answered within the budget, not after the hang");
-          assertEquals([body.claimed, body.released, body.budget_exhausted], [1, 1, true],
-            "summary");
+          assertEquals(
+            [body.claimed, body.released, body.budget_exhausted],
+            [1, 1, true],
+            "summary",
+          );
           const task = await rows.task(taskId);
           assertEquals(task.status, "queued", "back in the queue");
           assertEquals(task.max_attempts - task.attempts, 3, "attempt not spent");
           assertEquals((await rows.logEvents(taskId)).at(-1), "released", "logged as released");
-        });
+        },
+      );
     } finally {
       await rows.close();
       await conn.close();
@@ -242,11 +300,23 @@ for (const path of DB_PATHS) {
 
 Deno.test("HTTP handler with no key or secret configured refuses every request", async () => {
   const config = testConfig({});
-  const handler = createHandler({ config, db: null as never, model: createModel(config),
-    log: testLogger() });
-  const response = await handler(new Request("http://runner.test/", { method: "POST",
-    headers: { authorization: "Bearer anything" }, body: "{}" }));
+  const handler = createHandler({
+    config,
+    db: null as never,
+    model: createModel(config),
+    log: testLogger(),
+  });
+  const response = await handler(
+    new Request("http://runner.test/", {
+      method: "POST",
+      headers: { authorization: "Bearer anything" },
+      body: "{}",
+    }),
+  );
   assertEquals(response.status, 500, "status");
-  assertMatch((await response.json()).error, /neither SUPABASE_SERVICE_ROLE_KEY nor RUNNER_HTTP_SECRET/,
-    "error names both settings");
+  assertMatch(
+    (await response.json()).error,
+    /neither SUPABASE_SERVICE_ROLE_KEY nor RUNNER_HTTP_SECRET/,
+    "error names both settings",
+  );
 });

@@ -34,8 +34,10 @@ function short(value: unknown): string {
 function textLine(level: LogLevel, event: string, fields: LogFields): string {
   const time = new Date().toISOString().slice(11, 23);
   const parts = [time, level === "info" ? "" : level.toUpperCase(), event.padEnd(12)];
-  const keys = [...LEADING.filter((k) => k in fields),
-    ...Object.keys(fields).filter((k) => !LEADING.includes(k))];
+  const keys = [
+    ...LEADING.filter((k) => k in fields),
+    ...Object.keys(fields).filter((k) => !LEADING.includes(k)),
+  ];
   for (const key of keys) {
     const value = fields[key];
     if (value === undefined || value === null) continue;

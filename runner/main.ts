@@ -25,9 +25,12 @@ async function runWorker(args: string[]): Promise<number> {
   const drain = args.includes("--drain");
 
   log.info("worker_started", {
-    worker_id: config.workerId, database: describeDatabase(config), mode: drain ? "drain" : "run",
+    worker_id: config.workerId,
+    database: describeDatabase(config),
+    mode: drain ? "drain" : "run",
     model: model.name === "offline" ? OFFLINE_MODEL : config.defaultModel,
-    concurrency: config.concurrency, batch_size: config.batchSize,
+    concurrency: config.concurrency,
+    batch_size: config.batchSize,
   });
   if (model.name === "offline") {
     log.warn("offline_model", {
@@ -40,12 +43,17 @@ async function runWorker(args: string[]): Promise<number> {
   let signals = 0;
   const onSignal = (signal: Deno.Signal) => () => {
     signals++;
-    log.info("signal", { signal, action: signals === 1 ? "finishing in-flight tasks" : "releasing" });
+    log.info("signal", {
+      signal,
+      action: signals === 1 ? "finishing in-flight tasks" : "releasing",
+    });
     if (signals === 1) void worker.shutdown();
     else worker.abortNow();
   };
-  const listeners: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")],
-    ["SIGTERM", onSignal("SIGTERM")]];
+  const listeners: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
+    "SIGTERM",
+    onSignal("SIGTERM"),
+  ]];
   for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
 
   await worker.run();

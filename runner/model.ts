@@ -42,9 +42,19 @@ export interface ChatModel {
 }
 
 export type ModelErrorKind =
-  | "rate_limited" | "timeout" | "server" | "network" | "malformed" | "empty"
-  | "out_of_credits" | "unauthorized" | "forbidden" | "bad_request" | "not_found"
-  | "rejected" | "aborted";
+  | "rate_limited"
+  | "timeout"
+  | "server"
+  | "network"
+  | "malformed"
+  | "empty"
+  | "out_of_credits"
+  | "unauthorized"
+  | "forbidden"
+  | "bad_request"
+  | "not_found"
+  | "rejected"
+  | "aborted";
 
 export class ModelError extends Error {
   override name = "ModelError";
@@ -94,14 +104,23 @@ export function classifyStatus(
 ): ModelError {
   const said = detail ? `: ${clip(detail)}` : "";
   const make = (kind: ModelErrorKind, text: string, retryable: boolean) =>
-    new ModelError(kind, `${text} (HTTP ${status})${said}`, retryable, status,
-      retryable ? retryAfterSeconds : null, options);
+    new ModelError(
+      kind,
+      `${text} (HTTP ${status})${said}`,
+      retryable,
+      status,
+      retryable ? retryAfterSeconds : null,
+      options,
+    );
   if (status === 429) return make("rate_limited", "model provider rate limit", true);
   if (status === 408) return make("timeout", "model provider timed out", true);
   if (status >= 500) return make("server", "model provider server error", true);
   if (status === 402) {
-    return make("out_of_credits",
-      "model provider account is out of credits; add credits, then retry the task", false);
+    return make(
+      "out_of_credits",
+      "model provider account is out of credits; add credits, then retry the task",
+      false,
+    );
   }
   if (status === 401) {
     return make("unauthorized", "model provider rejected the API key (OPENROUTER_KEY)", false);
@@ -114,7 +133,9 @@ export function classifyStatus(
 
 function errorDetail(error: unknown): string {
   const body = (error as { error?: unknown })?.error;
-  if (body && typeof body === "object" && typeof (body as { message?: unknown }).message === "string") {
+  if (
+    body && typeof body === "object" && typeof (body as { message?: unknown }).message === "string"
+  ) {
     return (body as { message: string }).message;
   }
   return error instanceof Error ? error.message : String(error);
@@ -127,8 +148,14 @@ export function classifyError(error: unknown, timedOut: boolean, signal: AbortSi
 
   // Our own deadline or abort comes first: the SDK reports both as an abort.
   if (signal.aborted) {
-    return new ModelError("aborted", `model call aborted: ${String(signal.reason ?? "aborted")}`,
-      false, null, null, cause);
+    return new ModelError(
+      "aborted",
+      `model call aborted: ${String(signal.reason ?? "aborted")}`,
+      false,
+      null,
+      null,
+      cause,
+    );
   }
   if (timedOut || error instanceof OpenAI.APIConnectionTimeoutError) {
     return new ModelError("timeout", "model call timed out", true, null, null, cause);
@@ -138,8 +165,14 @@ export function classifyError(error: unknown, timedOut: boolean, signal: AbortSi
     return classifyStatus(error.status, errorDetail(error), parseRetryAfter(error.headers), cause);
   }
   if (error instanceof OpenAI.APIConnectionError) {
-    return new ModelError("network", `cannot reach the model provider: ${clip(errorDetail(error))}`,
-      true, null, null, cause);
+    return new ModelError(
+      "network",
+      `cannot reach the model provider: ${clip(errorDetail(error))}`,
+      true,
+      null,
+      null,
+      cause,
+    );
   }
   if (error instanceof OpenAI.APIError) {
     // An error event inside a stream has no HTTP status; OpenRouter puts the
@@ -149,20 +182,44 @@ export function classifyError(error: unknown, timedOut: boolean, signal: AbortSi
     if (Number.isInteger(status) && status >= 400 && status < 600) {
       return classifyStatus(status, `in stream: ${errorDetail(error)}`, null, cause);
     }
-    return new ModelError("server", `model provider error in stream: ${clip(errorDetail(error))}`,
-      true, null, null, cause);
+    return new ModelError(
+      "server",
+      `model provider error in stream: ${clip(errorDetail(error))}`,
+      true,
+      null,
+      null,
+      cause,
+    );
   }
   if (error instanceof SyntaxError) {
-    return new ModelError("malformed", `model provider sent malformed data: ${clip(error.message)}`,
-      true, null, null, cause);
+    return new ModelError(
+      "malformed",
+      `model provider sent malformed data: ${clip(error.message)}`,
+      true,
+      null,
+      null,
+      cause,
+    );
   }
   if (error instanceof TypeError) {
     // fetch reports refused connections and resets as a TypeError.
-    return new ModelError("network", `cannot reach the model provider: ${clip(error.message)}`,
-      true, null, null, cause);
+    return new ModelError(
+      "network",
+      `cannot reach the model provider: ${clip(error.message)}`,
+      true,
+      null,
+      null,
+      cause,
+    );
   }
-  return new ModelError("server", `model call failed: ${clip(errorDetail(error))}`, true, null,
-    null, cause);
+  return new ModelError(
+    "server",
+    `model call failed: ${clip(errorDetail(error))}`,
+    true,
+    null,
+    null,
+    cause,
+  );
 }
 
 // ------------------------------------------------------------ OpenRouter
@@ -239,8 +296,11 @@ export function createOpenRouterModel(config: Config): ChatModel {
       }
 
       if (text.trim() === "") {
-        throw new ModelError("empty",
-          `model returned an empty reply (finish_reason ${finishReason ?? "none"})`, true);
+        throw new ModelError(
+          "empty",
+          `model returned an empty reply (finish_reason ${finishReason ?? "none"})`,
+          true,
+        );
       }
       return {
         text,
@@ -272,7 +332,7 @@ function countWords(text: string): number {
 export function createOfflineModel(delayMs = 0): ChatModel {
   return {
     name: "offline",
-    async complete({ messages, signal, onText }) {
+    async complete({ messages, signal }) {
       const started = performance.now();
       if (delayMs > 0) {
         await new Promise<void>((resolve, reject) => {
@@ -288,9 +348,9 @@ export function createOfflineModel(delayMs = 0): ChatModel {
       }
       const lastUser = [...messages].reverse().find((m) => m.role === "user");
       const quoted = lastUser ? clip(lastUser.content, 200) : "(no user message)";
+      // One piece, so there is nothing to stream: onText is not called.
       const text = `[offline model: no OPENROUTER_KEY is set, so this is not an AI answer] ` +
         `You said: "${quoted}". The conversation so far has ${messages.length} message(s).`;
-      onText?.(text);
       return {
         text,
         model: OFFLINE_MODEL,

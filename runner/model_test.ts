@@ -44,8 +44,12 @@ Deno.test("400, 401, 402, 403 and 404 are not retryable and say which", () => {
 
 Deno.test("the offline model is deterministic and labelled", async () => {
   const model = createOfflineModel();
-  const request = { model: "any", timeoutMs: 1000, signal: new AbortController().signal,
-    messages: [{ role: "system" as const, content: "s" }, { role: "user" as const, content: "hi" }] };
+  const request = {
+    model: "any",
+    timeoutMs: 1000,
+    signal: new AbortController().signal,
+    messages: [{ role: "system" as const, content: "s" }, { role: "user" as const, content: "hi" }],
+  };
   const a = await model.complete(request);
   const b = await model.complete(request);
   assertEquals(a.text, b.text, "same input, same answer");
@@ -56,8 +60,12 @@ Deno.test("the offline model is deterministic and labelled", async () => {
 Deno.test("the offline model honours an abort", async () => {
   const controller = new AbortController();
   const model = createOfflineModel(10_000);
-  const call = model.complete({ model: "any", timeoutMs: 1000, signal: controller.signal,
-    messages: [{ role: "user", content: "hi" }] });
+  const call = model.complete({
+    model: "any",
+    timeoutMs: 1000,
+    signal: controller.signal,
+    messages: [{ role: "user", content: "hi" }],
+  });
   controller.abort("cancelled");
   const error = await call.then(() => null, (e) => e);
   assertEquals(error?.kind, "aborted", "the call ends as aborted");

@@ -50,9 +50,11 @@ if (import.meta.main) {
     await seed();
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    console.error(error instanceof ConfigError
-      ? `seed: configuration error: ${message}`
-      : `seed: failed: ${message}`);
+    console.error(
+      error instanceof ConfigError
+        ? `seed: configuration error: ${message}`
+        : `seed: failed: ${message}`,
+    );
     Deno.exit(1);
   }
 }

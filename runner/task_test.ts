@@ -35,8 +35,12 @@ for (const path of DB_PATHS) {
 
     // Claims the one queued task of a fresh project, as a worker would.
     async function claimOne(projectId: string, db: QueueDb, cfg: Config): Promise<ClaimedTask> {
-      const [task] = await db.claim({ workerId: cfg.workerId, projectId, batchSize: 5,
-        leaseSeconds: cfg.leaseSeconds });
+      const [task] = await db.claim({
+        workerId: cfg.workerId,
+        projectId,
+        batchSize: 5,
+        leaseSeconds: cfg.leaseSeconds,
+      });
       assert(task, "the queued task is claimed");
       return task;
     }
@@ -49,23 +53,35 @@ for (const path of DB_PATHS) {
       const stats = newStats();
       const before = fake.requests.length;
       const outcome = await processTask(task, {
-        db: conn.db, model: cfg === config ? model : createModel(cfg), config: cfg, log, stats,
+        db: conn.db,
+        model: cfg === config ? model : createModel(cfg),
+        config: cfg,
+        log,
+        stats,
       }, new AbortController().signal);
       return { taskId, task, outcome, log, stats, requests: fake.requests.slice(before) };
     }
 
     try {
-      await t.step("a reply is stored whole, with the answering model, tokens and cost",
+      await t.step(
+        "a reply is stored whole, with the answering model, tokens and cost",
         async () => {
-          fake.push({ kind: "reply", content: "Bread & Butter Bakery would be lovely.",
+          fake.push({
+            kind: "reply",
+            content: "Bread & Butter Bakery would be lovely.",
             model: "openai/gpt-4o-mini-2024-07-18",
-            usage: { prompt_tokens: 21, completion_tokens: 7, cost: 0.0000073 } });
+            usage: { prompt_tokens: 21, completion_tokens: 7, cost: 0.0000073 },
+          });
           const { taskId, outcome, requests } = await run({ message: "Name my bakery" });
 
           assertEquals(outcome, "completed", "outcome");
           const task = await rows.task(taskId);
           assertEquals(task.status, "completed", "task status");
-          assertEquals(task.model, "openai/gpt-4o-mini-2024-07-18", "task model is the answering one");
+          assertEquals(
+            task.model,
+            "openai/gpt-4o-mini-2024-07-18",
+            "task model is the answering one",
+          );
           assertEquals(task.result?.prompt_tokens, 21, "prompt tokens");
           assertEquals(task.result?.completion_tokens, 7, "completion tokens");
           assertEquals(task.result?.cost, 0.0000073, "cost");
@@ -82,23 +98,40 @@ for (const path of DB_PATHS) {
           assertEquals(body.model, "openai/gpt-4o-mini", "default model requested");
           assertEquals(body.stream, true, "streamed");
           assertEquals(body.stream_options, { include_usage: true }, "usage requested");
-          assertEquals(body.messages.map((m: { role: string }) => m.role), ["system", "user"],
-            "system message, then the history");
+          assertEquals(
+            body.messages.map((m: { role: string }) => m.role),
+            ["system", "user"],
+            "system message, then the history",
+          );
           assertEquals(body.messages[1].content, "Name my bakery", "the user's message");
           assertEquals(requests[0].headers["http-referer"], "https://example.test/app", "referer");
           assertEquals(requests[0].headers["x-title"], "runner tests", "title");
-        });
+        },
+      );
 
-      await t.step("the task's own model is asked for, and files context reaches the system message",
+      await t.step(
+        "the task's own model is asked for, and files context reaches the system message",
         async () => {
-          const { outcome, requests } = await run({ model: "anthropic/claude-test",
-            payload: { projectFilesContext: { bucket: "project-files", path: "p/v3",
-              versionId: "v-3", versionNumber: 3 } } });
+          const { outcome, requests } = await run({
+            model: "anthropic/claude-test",
+            payload: {
+              projectFilesContext: {
+                bucket: "project-files",
+                path: "p/v3",
+                versionId: "v-3",
+                versionNumber: 3,
+              },
+            },
+          });
           assertEquals(outcome, "completed", "outcome");
           assertEquals(requests[0].body.model, "anthropic/claude-test", "task model requested");
-          assertMatch(requests[0].body.messages[0].content, /"project-files" at "p\/v3" \(version 3/,
-            "system message names the files");
-        });
+          assertMatch(
+            requests[0].body.messages[0].content,
+            /"project-files" at "p\/v3" \(version 3/,
+            "system message names the files",
+          );
+        },
+      );
 
       await t.step("history goes to the model oldest first", async () => {
         const projectId = await rows.project();
@@ -109,8 +142,13 @@ for (const path of DB_PATHS) {
         await rows.enqueue(projectId, { message: "third" });
         const task = await claimOne(projectId, conn.db, config);
         const before = fake.requests.length;
-        await processTask(task, { db: conn.db, model, config, log: testLogger(),
-          stats: newStats() }, new AbortController().signal);
+        await processTask(task, {
+          db: conn.db,
+          model,
+          config,
+          log: testLogger(),
+          stats: newStats(),
+        }, new AbortController().signal);
         const sent = fake.requests[before].body.messages.slice(1)
           .map((m: { content: string }) => m.content);
         assertEquals(sent, ["first", "second", "third"], "oldest first");
@@ -133,8 +171,13 @@ for (const path of DB_PATHS) {
             await new Promise((r) => setTimeout(r, 10));
           }
         })();
-        const outcome = await processTask(task, { db: conn.db, model, config, log: testLogger(),
-          stats: newStats() }, new AbortController().signal);
+        const outcome = await processTask(task, {
+          db: conn.db,
+          model,
+          config,
+          log: testLogger(),
+          stats: newStats(),
+        }, new AbortController().signal);
         watching = false;
         await watcher;
 
@@ -143,8 +186,10 @@ for (const path of DB_PATHS) {
         for (const partial of seen) {
           assert(words.startsWith(partial), `a partial reply is a prefix: ${partial}`);
         }
-        assert(seen.some((partial) => partial.length < words.length),
-          "some partial reply came before the whole text");
+        assert(
+          seen.some((partial) => partial.length < words.length),
+          "some partial reply came before the whole text",
+        );
         const messages = await rows.assistantMessages(taskId);
         assertEquals(messages.length, 1, "still one assistant message");
         assertEquals(messages[0].content, words, "the final message is whole");
@@ -153,28 +198,37 @@ for (const path of DB_PATHS) {
         assert(Number(result.stream_writes) >= 2, "the result counts the partial writes");
       });
 
-      await t.step("a reply arriving at once costs no partial write", async () => {
-        const { taskId, outcome } = await run();
-        assertEquals(outcome, "completed", "outcome");
-        assertEquals((await rows.task(taskId)).result?.stream_writes, 0, "no stream writes");
-      });
+      await t.step(
+        "a reply arriving in one piece, however late, costs no partial write",
+        async () => {
+          fake.push({ kind: "reply", content: "Done.", delayMs: 300 });
+          const { taskId, outcome } = await run();
+          assertEquals(outcome, "completed", "outcome");
+          assertEquals((await rows.task(taskId)).result?.stream_writes, 0, "no stream writes");
+        },
+      );
 
-      await t.step("429 with Retry-After snoozes the task for that long, attempt not spent",
+      await t.step(
+        "429 with Retry-After snoozes the task for that long, attempt not spent",
         async () => {
           fake.push({ kind: "status", status: 429, retryAfter: "7" });
           // A model of its own: a snooze pauses its model for every claim.
           const { taskId, outcome, stats } = await run({
-            model: `test/rate-limited-${crypto.randomUUID().slice(0, 8)}` });
+            model: `test/rate-limited-${crypto.randomUUID().slice(0, 8)}`,
+          });
           assertEquals(outcome, "retried", "outcome");
           assertEquals(stats.snoozed, 1, "counted as snoozed");
           const task = await rows.task(taskId);
           assertEquals(task.status, "queued", "back in the queue");
           assertEquals(task.max_attempts - task.attempts, 3, "no attempt spent");
-          assert(task.run_at_in_s > 5.5 && task.run_at_in_s <= 7.5,
-            `run_at honours Retry-After: due in ${task.run_at_in_s} s`);
+          assert(
+            task.run_at_in_s > 5.5 && task.run_at_in_s <= 7.5,
+            `run_at honours Retry-After: due in ${task.run_at_in_s} s`,
+          );
           assertEquals(await rows.assistantMessages(taskId), [], "no reply");
           assertEquals((await rows.logEvents(taskId)).at(-1), "snoozed", "logged as snoozed");
-        });
+        },
+      );
 
       await t.step("500 is retried later with an attempt spent", async () => {
         fake.push({ kind: "status", status: 500 });
@@ -204,7 +258,8 @@ for (const path of DB_PATHS) {
         assertEquals((await rows.logEvents(taskId)).at(-1), "failed", "logged as failed");
       });
 
-      await t.step("401 fails the task at once and blames the key, without showing it",
+      await t.step(
+        "401 fails the task at once and blames the key, without showing it",
         async () => {
           fake.push({ kind: "status", status: 401 });
           const { taskId, outcome, log } = await run();
@@ -213,12 +268,17 @@ for (const path of DB_PATHS) {
           assertMatch(task.error, /rejected the API key \(OPENROUTER_KEY\)/, "error names the key");
           assert(!task.error!.includes(FAKE_OPENROUTER_KEY), "the key is not in the error");
           assert(!JSON.stringify(log.lines).includes(FAKE_OPENROUTER_KEY), "nor in the logs");
-        });
+        },
+      );
 
       await t.step("a reply slower than the timeout is abandoned and retried", async () => {
         fake.push({ kind: "hang", ms: 20_000 });
-        const cfg = testConfig({ ...conn.config, OPENROUTER_KEY: FAKE_OPENROUTER_KEY,
-          OPENROUTER_BASE_URL: fake.url, RUNNER_MODEL_TIMEOUT_MS: "400" });
+        const cfg = testConfig({
+          ...conn.config,
+          OPENROUTER_KEY: FAKE_OPENROUTER_KEY,
+          OPENROUTER_BASE_URL: fake.url,
+          RUNNER_MODEL_TIMEOUT_MS: "400",
+        });
         const started = Date.now();
         const { taskId, outcome } = await run({}, cfg);
         assertEquals(outcome, "retried", "outcome");
@@ -230,8 +290,12 @@ for (const path of DB_PATHS) {
 
       await t.step("a stream that stalls after its first chunks also times out", async () => {
         fake.push({ kind: "reply", content: "slow words ".repeat(40), chunkDelayMs: 200 });
-        const cfg = testConfig({ ...conn.config, OPENROUTER_KEY: FAKE_OPENROUTER_KEY,
-          OPENROUTER_BASE_URL: fake.url, RUNNER_MODEL_TIMEOUT_MS: "700" });
+        const cfg = testConfig({
+          ...conn.config,
+          OPENROUTER_KEY: FAKE_OPENROUTER_KEY,
+          OPENROUTER_BASE_URL: fake.url,
+          RUNNER_MODEL_TIMEOUT_MS: "700",
+        });
         const { taskId, outcome } = await run({}, cfg);
         assertEquals(outcome, "retried", "outcome");
         assertMatch((await rows.task(taskId)).error, /timed out/, "error says timed out");
@@ -252,8 +316,11 @@ for (const path of DB_PATHS) {
         fake.push({ kind: "stream_error", afterChunks: 3, status: 502 });
         const retried = await run();
         assertEquals(retried.outcome, "retried", "502 in the stream is retried");
-        assertMatch((await rows.task(retried.taskId)).error, /HTTP 502\): in stream/,
-          "error says it came in the stream");
+        assertMatch(
+          (await rows.task(retried.taskId)).error,
+          /HTTP 502\): in stream/,
+          "error says it came in the stream",
+        );
         assertEquals(await rows.assistantMessages(retried.taskId), [], "no partial reply left");
 
         fake.push({ kind: "stream_error", afterChunks: 1, status: 402, message: "no credits" });
@@ -262,7 +329,8 @@ for (const path of DB_PATHS) {
         assertMatch((await rows.task(failed.taskId)).error, /out of credits/, "out of credits");
       });
 
-      await t.step("a task cancelled during its call aborts the call and writes nothing",
+      await t.step(
+        "a task cancelled during its call aborts the call and writes nothing",
         async () => {
           fake.push({ kind: "reply", content: "never ".repeat(200), chunkDelayMs: 100 });
           const projectId = await rows.project();
@@ -270,10 +338,15 @@ for (const path of DB_PATHS) {
           const task = await claimOne(projectId, conn.db, config);
           const log = testLogger();
           const started = Date.now();
-          const running = processTask(task, { db: conn.db, model, config, log,
-            stats: newStats() }, new AbortController().signal);
-          await eventually(async () => (await rows.assistantMessages(taskId)).length > 0,
-            "the reply starts streaming");
+          const running = processTask(
+            task,
+            { db: conn.db, model, config, log, stats: newStats() },
+            new AbortController().signal,
+          );
+          await eventually(
+            async () => (await rows.assistantMessages(taskId)).length > 0,
+            "the reply starts streaming",
+          );
           assertEquals(await rows.cancel(taskId), "cancelled", "cancel_ai_task");
           const outcome = await running;
 
@@ -284,12 +357,16 @@ for (const path of DB_PATHS) {
           assertEquals(row.result, null, "no result");
           assertEquals(await rows.assistantMessages(taskId), [], "no reply left behind");
           const events = await rows.logEvents(taskId);
-          assert(!events.includes("completed") && !events.includes("failed"),
-            `nothing recorded after the cancel: ${events}`);
+          assert(
+            !events.includes("completed") && !events.includes("failed"),
+            `nothing recorded after the cancel: ${events}`,
+          );
           assert(log.lines.some((l) => l.event === "cancelled"), "the runner logs the cancel");
-        });
+        },
+      );
 
-      await t.step("a task type without a handler fails at once, without a model call",
+      await t.step(
+        "a task type without a handler fails at once, without a model call",
         async () => {
           const { taskId, outcome, requests } = await run({ type: "build_site", message: null });
           assertEquals(outcome, "failed", "outcome");
@@ -297,7 +374,8 @@ for (const path of DB_PATHS) {
           const task = await rows.task(taskId);
           assertMatch(task.error, /build_site is not supported yet/, "error says not supported");
           assertEquals(task.errors.at(-1)?.retryable, false, "not retryable");
-        });
+        },
+      );
 
       await t.step("the offline model answers with no key, labelled as offline", async () => {
         const cfg = testConfig({ ...conn.config });

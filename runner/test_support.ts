@@ -173,10 +173,14 @@ export const DB_PATHS: DbPath[] = [
     name: "supabase-js via the PostgREST stand-in",
     async open() {
       const standin = await startPostgrestStandin({
-        databaseUrl: DATABASE_URL, jwtSecret: FAKE_SERVICE_KEY_SECRET,
+        databaseUrl: DATABASE_URL,
+        jwtSecret: FAKE_SERVICE_KEY_SECRET,
       });
-      const serviceKey = await signJwt({ role: "service_role", iss: "supabase-test",
-        exp: Math.floor(Date.now() / 1000) + 3600 }, FAKE_SERVICE_KEY_SECRET);
+      const serviceKey = await signJwt({
+        role: "service_role",
+        iss: "supabase-test",
+        exp: Math.floor(Date.now() / 1000) + 3600,
+      }, FAKE_SERVICE_KEY_SECRET);
       const db = createSupabaseQueueDb(standin.url, serviceKey);
       return {
         db,

@@ -110,8 +110,12 @@ export class Worker {
       let tasks: ClaimedTask[];
       const want = Math.min(config.batchSize, free);
       try {
-        tasks = await db.claim({ workerId: config.workerId, projectId: this.options.projectId,
-          batchSize: want, leaseSeconds: config.leaseSeconds });
+        tasks = await db.claim({
+          workerId: config.workerId,
+          projectId: this.options.projectId,
+          batchSize: want,
+          leaseSeconds: config.leaseSeconds,
+        });
         if (dbDown) {
           dbDown = false;
           log.info("db_reconnected", {});
@@ -165,12 +169,18 @@ export class Worker {
   #start(task: ClaimedTask): void {
     const { db, model, config, log } = this.options;
     const key = `${task.id}:${task.attempt}`;
-    const deps = { db, model, config, log, stats: this.stats,
-      projectFilesContext: this.options.projectFilesContext };
+    const deps = {
+      db,
+      model,
+      config,
+      log,
+      stats: this.stats,
+      projectFilesContext: this.options.projectFilesContext,
+    };
     const done = processTask(task, deps, this.#stop.signal).finally(() => {
-        this.#inFlight.delete(key);
-        this.#wakeup.wake();
-      });
+      this.#inFlight.delete(key);
+      this.#wakeup.wake();
+    });
     this.#inFlight.set(key, done);
     this.#peak = Math.max(this.#peak, this.#inFlight.size);
   }
@@ -229,8 +239,12 @@ export class Worker {
 
 /** The summary as one sentence for the terminal. */
 export function summaryLine(s: WorkerSummary): string {
-  const parts = [`${s.claimed} claimed`, `${s.completed} completed`, `${s.retried} retried`,
-    `${s.failed} failed`];
+  const parts = [
+    `${s.claimed} claimed`,
+    `${s.completed} completed`,
+    `${s.retried} retried`,
+    `${s.failed} failed`,
+  ];
   if (s.released) parts.push(`${s.released} released`);
   if (s.cancelled) parts.push(`${s.cancelled} cancelled`);
   if (s.unrecorded) parts.push(`${s.unrecorded} unrecorded`);

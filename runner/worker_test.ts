@@ -23,8 +23,11 @@ for (const path of DB_PATHS) {
     const fake = await startFakeOpenAI();
     const conn = await path.open();
     const rows = new TestDb();
-    const env = { ...conn.config, OPENROUTER_KEY: FAKE_OPENROUTER_KEY,
-      OPENROUTER_BASE_URL: fake.url };
+    const env = {
+      ...conn.config,
+      OPENROUTER_KEY: FAKE_OPENROUTER_KEY,
+      OPENROUTER_BASE_URL: fake.url,
+    };
 
     async function projectWithTasks(n: number, cap = 50) {
       const projectId = await rows.project();
@@ -39,30 +42,46 @@ for (const path of DB_PATHS) {
     function worker(projectId: string, extra: Record<string, string> = {}, drain = false) {
       const config = testConfig({ ...env, ...extra });
       const log = testLogger();
-      const w = new Worker({ db: conn.db, model: createModel(config), config, log, drain,
-        projectId });
+      const w = new Worker({
+        db: conn.db,
+        model: createModel(config),
+        config,
+        log,
+        drain,
+        projectId,
+      });
       return { w, log };
     }
 
     try {
-      await t.step("N tasks with concurrency above one all complete, several at a time",
+      await t.step(
+        "N tasks with concurrency above one all complete, several at a time",
         async () => {
           fake.setDefault({ kind: "reply", content: "done", delayMs: 150 });
           const { projectId, ids } = await projectWithTasks(12);
-          const { w } = worker(projectId, { RUNNER_CONCURRENCY: "6", RUNNER_BATCH_SIZE: "3" },
-            true);
+          const { w } = worker(
+            projectId,
+            { RUNNER_CONCURRENCY: "6", RUNNER_BATCH_SIZE: "3" },
+            true,
+          );
           await w.run();
           const summary = w.summary();
 
-          assertEquals([summary.claimed, summary.completed, summary.failed], [12, 12, 0],
-            "every task claimed once and completed");
-          assert(summary.peak_in_flight > 1 && summary.peak_in_flight <= 6,
-            `several in flight, never above the limit: ${summary.peak_in_flight}`);
+          assertEquals(
+            [summary.claimed, summary.completed, summary.failed],
+            [12, 12, 0],
+            "every task claimed once and completed",
+          );
+          assert(
+            summary.peak_in_flight > 1 && summary.peak_in_flight <= 6,
+            `several in flight, never above the limit: ${summary.peak_in_flight}`,
+          );
           for (const id of ids) {
             assertEquals((await rows.task(id)).status, "completed", "task completed");
             assertEquals((await rows.assistantMessages(id)).length, 1, "one reply each");
           }
-        });
+        },
+      );
 
       await t.step("drain mode exits at once when nothing is due", async () => {
         const { w } = worker(await rows.project(), {}, true);
@@ -70,12 +89,15 @@ for (const path of DB_PATHS) {
         assertEquals(w.summary().claimed, 0, "nothing claimed");
       });
 
-      await t.step("shutdown releases tasks still running after the grace period, attempts kept",
+      await t.step(
+        "shutdown releases tasks still running after the grace period, attempts kept",
         async () => {
           fake.setDefault({ kind: "hang", ms: 30_000 });
           const { projectId, ids } = await projectWithTasks(3);
-          const { w, log } = worker(projectId, { RUNNER_CONCURRENCY: "5",
-            RUNNER_MODEL_TIMEOUT_MS: "60000" });
+          const { w, log } = worker(projectId, {
+            RUNNER_CONCURRENCY: "5",
+            RUNNER_MODEL_TIMEOUT_MS: "60000",
+          });
           const running = w.run();
           await eventually(() => Promise.resolve(w.inFlight === 3), "three tasks in flight");
           const started = Date.now();
@@ -91,7 +113,8 @@ for (const path of DB_PATHS) {
             assertEquals((await rows.logEvents(id)).at(-1), "released", "logged as released");
           }
           assert(log.lines.some((l) => l.event === "stopping"), "the worker logs its stop");
-        });
+        },
+      );
 
       await t.step("shutdown lets tasks finish within the grace period", async () => {
         fake.setDefault({ kind: "reply", content: "finished in time", delayMs: 400 });
@@ -101,7 +124,11 @@ for (const path of DB_PATHS) {
         await eventually(() => Promise.resolve(w.inFlight === 2), "two tasks in flight");
         await w.shutdown(10_000);
         await running;
-        assertEquals([w.summary().completed, w.summary().released], [2, 0], "completed, not released");
+        assertEquals(
+          [w.summary().completed, w.summary().released],
+          [2, 0],
+          "completed, not released",
+        );
         for (const id of ids) assertEquals((await rows.task(id)).status, "completed", "completed");
       });
 
@@ -121,13 +148,15 @@ for (const path of DB_PATHS) {
         await t.step("NOTIFY wakes an idle worker long before its next poll", async () => {
           fake.setDefault({ kind: "reply", content: "woken" });
           const projectId = await rows.project();
-          const { w } = worker(projectId, { RUNNER_POLL_MS: "60000",
-            RUNNER_POLL_MAX_MS: "60000" });
+          const { w } = worker(projectId, { RUNNER_POLL_MS: "60000", RUNNER_POLL_MAX_MS: "60000" });
           const running = w.run();
           await sleep(300); // the first claim found nothing; the next poll is a minute away
           const taskId = await rows.enqueue(projectId);
-          await eventually(async () => (await rows.task(taskId)).status === "completed",
-            "the task is done within seconds", 5000);
+          await eventually(
+            async () => (await rows.task(taskId)).status === "completed",
+            "the task is done within seconds",
+            5000,
+          );
           await w.shutdown(1000);
           await running;
         });
@@ -154,15 +183,31 @@ Deno.test("a worker process given SIGTERM releases its task and exits cleanly", 
     const taskId = await rows.enqueue(projectId);
     // The offline model, slowed down, holds the task long enough to be stopped.
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys",
-        new URL("./main.ts", import.meta.url).pathname, "worker"],
-      env: { DATABASE_URL, RUNNER_OFFLINE_DELAY_MS: "60000", RUNNER_SHUTDOWN_GRACE_MS: "300",
-        RUNNER_LOG_FORMAT: "json", RUNNER_POLL_MS: "50", OPENROUTER_KEY: "" },
+      args: [
+        "run",
+        "--allow-net",
+        "--allow-env",
+        "--allow-read",
+        "--allow-sys",
+        new URL("./main.ts", import.meta.url).pathname,
+        "worker",
+      ],
+      env: {
+        DATABASE_URL,
+        RUNNER_OFFLINE_DELAY_MS: "60000",
+        RUNNER_SHUTDOWN_GRACE_MS: "300",
+        RUNNER_LOG_FORMAT: "json",
+        RUNNER_POLL_MS: "50",
+        OPENROUTER_KEY: "",
+      },
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    await eventually(async () => (await rows.task(taskId)).status === "running",
-      "the worker holds the task", 15_000);
+    await eventually(
+      async () => (await rows.task(taskId)).status === "running",
+      "the worker holds the task",
+      15_000,
+    );
     child.kill("SIGTERM");
     const { code, stdout } = await child.output();
     const lines = new TextDecoder().decode(stdout).trim().split("\n")
