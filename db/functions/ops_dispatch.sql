@@ -131,6 +131,8 @@ $$;
 -- After an insert statement that queued due tasks: one call per statement,
 -- however many rows it inserted. It must never cost the browser its insert,
 -- so every error is turned into a warning in the server log.
+-- Known gap: many users inserting one task each at the same moment cause as
+-- many calls; a last-call time claimed with SKIP LOCKED would debounce them.
 create or replace function ai_queue.wake_runner_after_insert() returns trigger
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
