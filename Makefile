@@ -18,7 +18,7 @@ LOCAL_URL := postgres://postgres@127.0.0.1:$(PGPORT)
 TEST_URL := $(LOCAL_URL)/$(TEST_DB)
 
 .PHONY: help tools db db-stop migrate run seed worker test test-sql test-concurrency \
-        test-runner test-db clean
+        test-fairness test-runner test-db clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -70,10 +70,13 @@ test-sql: test-db ## pgTAP suite (db/tests) with pg_prove
 test-concurrency: test-db ## Many connections claiming and completing at once
 	DATABASE_URL="$(TEST_URL)" deno task test:concurrency
 
+test-fairness: test-db ## Running caps, round-robin, model limits and 429 snoozes under load
+	DATABASE_URL="$(TEST_URL)" deno task test:fairness
+
 test-runner: test-db ## The runner's tests (deno test) against the local database
 	DATABASE_URL="$(TEST_URL)" deno task test
 
-test: test-sql test-concurrency test-runner ## Everything, from nothing
+test: test-sql test-concurrency test-fairness test-runner ## Everything, from nothing
 
 clean: db-stop ## Stop the database and remove it and the installed tools
 	rm -rf .db $(TOOLS) node_modules
