@@ -47,7 +47,7 @@ export class ConfigError extends Error {
 }
 
 /** The local cluster of scripts/db.sh; `make run` migrates its `postgres` database. */
-const LOCAL_DATABASE_URL = "postgres://postgres@127.0.0.1:54329/postgres";
+const localDatabaseUrl = (port = "54329") => `postgres://postgres@127.0.0.1:${port}/postgres`;
 
 const DEFAULT_SYSTEM_PROMPT =
   "You are the assistant of a website builder. Answer the user's latest message " +
@@ -148,7 +148,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
     systemPrompt: text(env, "RUNNER_SYSTEM_PROMPT") ?? DEFAULT_SYSTEM_PROMPT,
 
     dbClient: dbClient === "auto" ? (viaSupabase ? "supabase" : "postgres") : dbClient,
-    databaseUrl: databaseUrl ?? LOCAL_DATABASE_URL,
+    databaseUrl: databaseUrl ?? localDatabaseUrl(text(env, "PGPORT") ?? undefined),
     dbPoolSize: int(env, "RUNNER_DB_POOL", Math.min(10, concurrency + 1), 1, 100),
     supabaseUrl,
     serviceRoleKey,

@@ -289,6 +289,37 @@ export async function runJob(job: Job, deps: HttpDeps, budgetMs = deps.config.ti
   };
 }
 
+/** Supabase's Edge Runtime keeps a function alive for promises given to waitUntil. */
+function inBackground(work: Promise<unknown>): void {
+  const runtime = (globalThis as { EdgeRuntime?: { waitUntil(p: Promise<unknown>): void } })
+    .EdgeRuntime;
+  runtime?.waitUntil(work);
+}
+
+/**
+ * `Prefer: respond-async` (RFC 7240): answer 202 at once and process in the
+ * background, for callers that would time out waiting for model calls
+ * (pg_net, Database Webhooks). The summary then goes to the log only.
+ */
+async function accept(job: Job, deps: HttpDeps): Promise<Response> {
+  if (job.projectId && !(await deps.db.projectExists(job.projectId))) {
+    throw new HttpError(404, `project ${job.projectId} not found`, "projectId");
+  }
+  const work = runJob(job, deps)
+    .then(({ claimError, ...summary }) =>
+      deps.log.info("http_done", {
+        ...summary,
+        async: true,
+        error: claimError ? errorText(claimError, 300) : undefined,
+      })
+    )
+    .catch((error) => deps.log.error("http_error", { error: errorText(error, 300) }));
+  inBackground(work);
+  return json(202, { accepted: true, source: job.source, project_id: job.projectId }, {
+    "preference-applied": "respond-async",
+  });
+}
+
 export type Handler = (request: Request) => Promise<Response>;
 
 /**
@@ -320,6 +351,9 @@ export function createHandler(deps?: HttpDeps): Handler {
       await authorize(request, d.config);
       const job = parseJob(await readBody(request));
 
+      if (/\brespond-async\b/i.test(request.headers.get("prefer") ?? "")) {
+        return await accept(job, d);
+      }
       const { claimError, ...summary } = await runJob(job, d);
       if (claimError && summary.claimed === 0) {
         throw new HttpError(503, `database unavailable: ${errorText(claimError, 300)}`);

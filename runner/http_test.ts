@@ -10,6 +10,7 @@ import {
   assertEquals,
   assertMatch,
   DB_PATHS,
+  eventually,
   FAKE_HTTP_SECRET,
   FAKE_OPENROUTER_KEY,
   testConfig,
@@ -135,6 +136,42 @@ for (const path of DB_PATHS) {
           assertEquals((await rows.task(taskId)).status, "completed", "our task completed");
         });
       }
+
+      await t.step(
+        "Prefer: respond-async answers 202 at once and processes in the background",
+        async () => {
+          fake.push({ kind: "reply", content: "later", delayMs: 500 });
+          const projectId = await rows.project();
+          const taskId = await rows.enqueue(projectId);
+          const response = await post({ projectId }, { prefer: "respond-async" });
+          assertEquals(response.status, 202, "status");
+          assertEquals(response.headers.get("preference-applied"), "respond-async", "applied");
+          assertEquals((await response.json()).accepted, true, "accepted");
+          const early = (await rows.task(taskId)).status;
+          assert(early === "queued" || early === "running", `not done when answered: ${early}`);
+          await eventually(
+            () =>
+              Promise.resolve(
+                (deps.log as ReturnType<typeof testLogger>).lines.some((l) =>
+                  l.event === "http_done" && l.async && l.project_id === projectId
+                ),
+              ),
+            "the background run ends and logs its summary",
+          );
+          assertEquals(
+            (await rows.task(taskId)).status,
+            "completed",
+            "completed in the background",
+          );
+        },
+      );
+
+      await t.step("Prefer: respond-async for an unknown project is still 404", async () => {
+        const response = await post({ projectId: crypto.randomUUID() }, {
+          prefer: "respond-async",
+        });
+        assertEquals(response.status, 404, "status");
+      });
 
       await t.step("RUNNER_HTTP_SECRET is accepted as Bearer and as x-runner-secret", async () => {
         const bearer = await post({ projectId: await rows.project() }, {
