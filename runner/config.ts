@@ -36,6 +36,7 @@ export interface Config {
   httpSecret: string | null;
   offlineDelayMs: number;
   logFormat: LogFormat;
+  logLevel: "debug" | "info" | "warn" | "error";
   logPrompts: boolean;
 }
 
@@ -182,6 +183,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
       ["json", "text"],
       isTerminal() ? "text" : "json",
     ),
+    logLevel: oneOf(env, "RUNNER_LOG_LEVEL", ["debug", "info", "warn", "error"], "info"),
     logPrompts: flag(env, "RUNNER_LOG_PROMPTS"),
   };
   if (config.pollMaxMs < config.pollMs) {

@@ -332,7 +332,7 @@ export function createHandler(deps?: HttpDeps): Handler {
   const ready = (): HttpDeps => {
     if (shared) return shared;
     const config = loadConfig();
-    const log = createLogger(config.logFormat);
+    const log = createLogger(config.logFormat, "runner", undefined, config.logLevel);
     shared = { config, db: createQueueDb(config), model: createModel(config), log };
     if (shared.model.name === "offline") {
       log.warn("offline_model", { model: OFFLINE_MODEL, reason: "OPENROUTER_KEY is not set" });

@@ -19,7 +19,7 @@ async function runWorker(args: string[]): Promise<number> {
     return 2;
   }
   const config = loadConfig();
-  const log = createLogger(config.logFormat);
+  const log = createLogger(config.logFormat, "runner", undefined, config.logLevel);
   const db = createQueueDb(config);
   const model = createModel(config);
   const drain = args.includes("--drain");
