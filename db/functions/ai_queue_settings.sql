@@ -42,7 +42,7 @@ $$;
 -- completion, or the default), not the name the provider answered with.
 create or replace function ai_queue.count_model_tokens() returns trigger
 language plpgsql volatile security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   this_window timestamptz := date_trunc('minute', now());
