@@ -4,7 +4,7 @@
 // holds. `--drain` runs until nothing is due, then exits.
 
 import type { Config } from "./config.ts";
-import type { ClaimedTask, QueueDb } from "./db.ts";
+import { type ClaimedTask, type QueueDb, QueueDbError } from "./db.ts";
 import { errorText, type Logger } from "./log.ts";
 import type { ProjectFilesContext } from "./handlers.ts";
 import type { ChatModel } from "./model.ts";
@@ -125,8 +125,14 @@ export class Worker {
           this.claimError = error;
           break;
         }
-        if (!dbDown) log.error("db_unavailable", { error: errorText(error, 300) });
-        dbDown = true;
+        if (error instanceof QueueDbError && !error.transient) {
+          // Not an outage (a permission or a missing function, say): repeat
+          // it at every try, slowed by the backoff, so it cannot be missed.
+          log.error("claim_failed", { error: errorText(error, 300), code: error.code });
+        } else {
+          if (!dbDown) log.error("db_unavailable", { error: errorText(error, 300) });
+          dbDown = true;
+        }
         idleMs = Math.min(config.pollMaxMs, idleMs * 2);
         await this.#wakeup.wait(idleMs);
         continue;

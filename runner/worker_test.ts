@@ -2,8 +2,10 @@
 // drain mode, and shutdown that finishes or releases what it holds, in
 // process and as a real process receiving SIGTERM.
 
+import { createSupabaseQueueDb } from "./db.ts";
 import { createModel } from "./model.ts";
 import { startFakeOpenAI } from "./testing/fake_openai.ts";
+import { signJwt, startPostgrestStandin } from "./testing/postgrest_standin.ts";
 import {
   assert,
   assertEquals,
@@ -11,6 +13,7 @@ import {
   DB_PATHS,
   eventually,
   FAKE_OPENROUTER_KEY,
+  FAKE_SERVICE_KEY_SECRET,
   sleep,
   testConfig,
   TestDb,
@@ -223,5 +226,36 @@ Deno.test("a worker process given SIGTERM releases its task and exits cleanly", 
     assert(summary.released >= 1, `the summary counts the release: ${summary.released}`);
   } finally {
     await rows.close();
+  }
+});
+
+Deno.test("a claim the database refuses is logged at every try, not once", async () => {
+  const standin = await startPostgrestStandin({
+    databaseUrl: DATABASE_URL,
+    jwtSecret: FAKE_SERVICE_KEY_SECRET,
+  });
+  // An anon key: claim_ai_task is the service role's alone.
+  const anonKey = await signJwt(
+    { role: "anon", exp: Math.floor(Date.now() / 1000) + 600 },
+    FAKE_SERVICE_KEY_SECRET,
+  );
+  const db = createSupabaseQueueDb(standin.url, anonKey);
+  try {
+    const config = testConfig({ RUNNER_POLL_MS: "20", RUNNER_POLL_MAX_MS: "40" });
+    const log = testLogger();
+    const w = new Worker({ db, model: createModel(config), config, log });
+    const running = w.run();
+    await eventually(
+      () => Promise.resolve(log.lines.filter((l) => l.event === "claim_failed").length >= 2),
+      "the refusal is logged again on the next try",
+    );
+    await w.shutdown(100);
+    await running;
+    const refusal = log.lines.find((l) => l.event === "claim_failed")!;
+    assertEquals(refusal.code, "42501", "the SQLSTATE is in the log");
+    assert(!log.lines.some((l) => l.event === "db_unavailable"), "not mistaken for an outage");
+  } finally {
+    await db.close();
+    await standin.close();
   }
 });
