@@ -11,7 +11,7 @@
 -- and the JWT claims in request.jwt.claims. PostgREST itself cannot be
 -- installed here, so the HTTP layer in front of these roles is not exercised.
 begin;
-select plan(146);
+select plan(148);
 
 insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'owner@example.test'),
@@ -532,7 +532,14 @@ select is(public.reap_expired_ai_tasks(), 0, 'the service can execute reap_expir
 select isnt(public.complete_ai_task('c0000000-0000-4000-8000-0000000000a3', 1, 'done'), null,
   'the service can complete a task');
 select is(
-  public.cancel_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'cancelled', 'the service can cancel any task');
+  public.fail_ai_task((select id from public.ai_tasks where type = 'build_site'), 1, 'x'),
+  'queued', 'the service can execute fail_ai_task');
+select is(
+  public.snooze_ai_task((select id from public.ai_tasks
+                         where status = 'running' and attempts = 1 order by id limit 1), 1),
+  'queued', 'the service can execute snooze_ai_task');
+select is(public.cancel_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'cancelled',
+  'the service can cancel any task');
 select is(
   public.retry_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'queued', 'the service can retry any task');
 reset role;
