@@ -36,6 +36,7 @@ declare
   -- Advisory lock space of "a claim is deciding this project's tasks".
   lock_space constant integer := hashtext('ai_queue.claim_project');
   blocked_models text[];
+  model_room boolean;
   excluded uuid[];
   locked_projects uuid[] := '{}';
   window_rows integer;
@@ -82,6 +83,38 @@ begin
                                       then l.window_requests else 0 end
      or l.tokens_per_minute <= case when l.window_start = this_window
                                     then l.window_tokens else 0 end;
+
+  -- While some model is blocked, first make sure a due task of another model
+  -- exists: the usual 429 pauses the only model in use, and the scans below
+  -- would read every queued task to find none they may take. The distinct
+  -- models come from a skip scan of the queued-model index, a few probes.
+  if cardinality(blocked_models) > 0 then
+    with recursive queued_models as (
+      (select t.model from public.ai_tasks t
+       where t.status = 'queued' and t.model is not null
+       order by t.model limit 1)
+      union all
+      select (select t.model from public.ai_tasks t
+              where t.status = 'queued' and t.model > q.model
+              order by t.model limit 1)
+      from queued_models q
+      where q.model is not null
+    )
+    select exists (
+             select 1 from queued_models q
+             where q.model <> all (blocked_models)
+               and exists (select 1 from public.ai_tasks t
+                           where t.status = 'queued' and t.model = q.model
+                             and t.run_at <= now()))
+           or (settings.default_model <> all (blocked_models)
+               and exists (select 1 from public.ai_tasks t
+                           where t.status = 'queued' and t.model is null
+                             and t.run_at <= now()))
+      into model_room;
+    if not model_room then
+      return;
+    end if;
+  end if;
 
   -- Projects at their cap are skipped by the scans below. A project can only
   -- be at its cap with running tasks, so this reads the (short) running set.
