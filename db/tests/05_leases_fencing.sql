@@ -2,7 +2,7 @@
 -- it expires the task is reaped (by the reaper or by the next claim) and the
 -- old holder's writes are refused, whatever order things happen in.
 begin;
-select plan(39);
+select plan(41);
 
 insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'owner@example.test');
@@ -124,6 +124,24 @@ select throws_ok(
   'task c0000000-0000-4000-8000-000000000003 is not held by attempt 1: it is failed at attempt 1',
   'a worker whose last lease was reaped cannot complete the task after all');
 select is(public.reap_expired_ai_tasks(), 0, 'reaping again finds nothing');
+
+-- The requeued task's old holder reports a failure before anyone reclaimed it.
+-- (fail_ai_task answers with the current status here, taking the reaper's
+-- entry for its own earlier report; what matters is that nothing changes.)
+create temp table before_late_fail on commit drop as
+  select t.* from public.ai_tasks t where t.id = 'c0000000-0000-4000-8000-000000000002';
+do $$ begin
+  perform public.fail_ai_task('c0000000-0000-4000-8000-000000000002', 1, 'late report');
+end $$;
+select is(
+  (select t::text from public.ai_tasks t where t.id = 'c0000000-0000-4000-8000-000000000002'),
+  (select b::text from before_late_fail b),
+  'a late failure from the holder of a reaped lease changes nothing');
+select throws_ok(
+  $$select public.complete_ai_task('c0000000-0000-4000-8000-000000000002', 1, 'late')$$,
+  'AQ001',
+  'task c0000000-0000-4000-8000-000000000002 is not held by attempt 1: it is queued at attempt 1',
+  'nor can that holder complete the requeued task');
 
 -- The claim reaps too, and fails a task whose last lease expired.
 insert into public.ai_tasks (id, project_id, type, max_attempts, priority) values
