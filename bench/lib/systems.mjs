@@ -7,7 +7,10 @@ import pg from "pg";
 import PgBoss from "pg-boss";
 import { connect, migrateOurs, recreateDatabase, urlFor } from "./pg.mjs";
 
-const PROJECTS = 100;
+// Tasks are spread over many projects, as many users' chats would be. The
+// claim caps each project's running tasks (ai_queue_settings, 4 by default),
+// so 1,000 tasks in flight need at least 250 projects.
+const PROJECTS = 1000;
 
 export const ours = {
   name: "ours",
@@ -17,7 +20,6 @@ export const ours = {
     await recreateDatabase(admin, this.db);
     await migrateOurs(root, this.db);
     this.sql = connect(this.db);
-    // Tasks spread over many projects, as many users' chats would be.
     await this.sql`
       with users as (
         insert into auth.users (email)
