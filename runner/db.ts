@@ -258,6 +258,7 @@ function listenForTasks(
 ): () => Promise<void> {
   let stopped = false;
   let subscribing = false;
+  let subscribed = false;
   let subscribedOnce = false;
   const sql = postgres(databaseUrl, {
     max: 1,
@@ -267,10 +268,11 @@ function listenForTasks(
     onnotice: () => {},
     connection: { application_name: "ai-tasks-runner-listen" },
     onclose: () => {
-      if (!stopped) {
-        onState?.("lost");
-        void subscribe();
-      }
+      if (stopped) return;
+      // Reported once per outage: failed reconnects close connections too.
+      if (subscribed) onState?.("lost");
+      subscribed = false;
+      void subscribe();
     },
     // A documented postgres.js option the types leave out; sql.listen uses it too.
     ...{ onnotify: (channel: string) => channel === "ai_tasks" && onWake() },
@@ -282,6 +284,7 @@ function listenForTasks(
     for (let delay = 250; !stopped; delay = Math.min(delay * 2, 5000)) {
       try {
         await sql`listen ai_tasks`;
+        subscribed = true;
         onState?.(subscribedOnce ? "relistened" : "listening");
         // NOTIFYs sent while nobody listened are lost: look for work now.
         if (subscribedOnce) onWake();

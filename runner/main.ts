@@ -39,16 +39,20 @@ async function runWorker(args: string[]): Promise<number> {
   }
 
   const worker = new Worker({ db, model, config, log, drain });
-  // The first Ctrl-C lets running tasks finish; a second one gives them back now.
-  let signals = 0;
+  // The first Ctrl-C lets running tasks finish; a second one gives them back
+  // now. `deno task` forwards the terminal's SIGINT, so one Ctrl-C can arrive
+  // twice: signals within a second of the first count as that one.
+  let firstSignalAt = 0;
   const onSignal = (signal: Deno.Signal) => () => {
-    signals++;
-    log.info("signal", {
-      signal,
-      action: signals === 1 ? "finishing in-flight tasks" : "releasing",
-    });
-    if (signals === 1) void worker.shutdown();
-    else worker.abortNow();
+    const now = Date.now();
+    if (firstSignalAt === 0) {
+      firstSignalAt = now;
+      log.info("signal", { signal, action: "finishing in-flight tasks" });
+      void worker.shutdown();
+    } else if (now - firstSignalAt > 1000) {
+      log.info("signal", { signal, action: "releasing in-flight tasks now" });
+      worker.abortNow();
+    }
   };
   const listeners: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
     "SIGTERM",
