@@ -125,8 +125,9 @@ begin
     where t.status = 'running'
     group by t.project_id
   ) r
-  join public.projects p on p.id = r.project_id
-  where r.running >= coalesce(p.max_running_tasks, settings.default_max_running_tasks);
+  where r.running >= coalesce((select p.max_running_tasks from public.projects p
+                               where p.id = r.project_id),
+                              settings.default_max_running_tasks);
 
   -- Step 1: find candidate projects, best head task first, and take each
   -- one's advisory lock; a project another claim is deciding right now is
@@ -167,6 +168,8 @@ begin
           if pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(head.project_id::text))
           then
             locked_projects := locked_projects || head.project_id;
+            -- batch_size projects with a due task each fill the batch.
+            exit when cardinality(locked_projects) >= batch_size;
           end if;
         end if;
       end loop;
