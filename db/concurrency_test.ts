@@ -71,13 +71,18 @@ interface WorkerFigures {
   completions: number;
   projects: Set<string>;
   messageIds: string[];
+  /** Whether the worker claimed from all projects at once to the end. */
+  unfiltered: boolean;
 }
 
 /**
- * One worker: cycles through the projects (each worker from a different one),
- * claims small batches, fails the attempts a task's payload asks to fail
- * (retryable, due again at once) and completes the rest, until none of the
- * run's tasks is left unfinished.
+ * One worker: claims small batches, fails the attempts a task's payload asks
+ * to fail (retryable, due again at once) and completes the rest, until none of
+ * the run's tasks is left unfinished. Even-numbered workers claim from every
+ * project at once (the fair, round-robin path a plain worker takes); the
+ * others cycle through the projects with project-filtered claims, each from a
+ * different one. An unfiltered worker that is handed a task of someone else's
+ * (a database shared with other work) gives it back and filters from then on.
  */
 async function work(sql: Sql, index: number, projectIds: string[], start: Promise<void>) {
   const figures: WorkerFigures = {
@@ -87,23 +92,30 @@ async function work(sql: Sql, index: number, projectIds: string[], start: Promis
     completions: 0,
     projects: new Set(),
     messageIds: [],
+    unfiltered: index % 2 === 0,
   };
   const deadline = Date.now() + DEADLINE_MS;
   await start;
 
+  const ours = new Set(projectIds);
   let turn = index;
   let emptyClaims = 0;
   while (true) {
     if (Date.now() > deadline) throw new Error(`${figures.workerId}: deadline passed`);
-    const projectId = projectIds[turn++ % projectIds.length];
-    const claimed = await sql`
-      select id, attempt, payload
+    const projectId = figures.unfiltered ? null : projectIds[turn++ % projectIds.length];
+    const handed = await sql`
+      select id, project_id, attempt, payload
       from public.claim_ai_task(${figures.workerId}, ${projectId}::uuid,
                                 ${BATCH_SIZE}::int, ${LEASE_SECONDS}::int)`;
+    const claimed = handed.filter((task) => ours.has(task.project_id));
+    for (const task of handed.filter((task) => !ours.has(task.project_id))) {
+      await sql`select public.release_ai_task(${task.id}::uuid, ${task.attempt}::int)`;
+      figures.unfiltered = false;
+    }
 
     if (claimed.length === 0) {
       emptyClaims++;
-      if (emptyClaims < projectIds.length) continue;
+      if (projectId !== null && emptyClaims < projectIds.length) continue;
       // A whole round found nothing: done, unless others still hold tasks.
       const [{ open }] = await sql`
         select count(*)::int as open from public.ai_tasks
@@ -116,8 +128,8 @@ async function work(sql: Sql, index: number, projectIds: string[], start: Promis
 
     emptyClaims = 0;
     figures.claims += claimed.length;
-    figures.projects.add(projectId);
     for (const task of claimed) {
+      figures.projects.add(task.project_id);
       if (task.attempt <= task.payload.fail_attempts) {
         const [{ status }] = await sql`
           select public.fail_ai_task(${task.id}::uuid, ${task.attempt}::int,
@@ -181,7 +193,9 @@ Deno.test({
           `${(TASKS / seconds).toFixed(0)} tasks/s`,
       );
       console.log(
-        "concurrency: claims per connection " + figures.map((f) => f.claims).join(", "),
+        "concurrency: claims per connection " + figures.map((f) => f.claims).join(", ") +
+          ` (${figures.filter((f) => f.unfiltered).length} claiming from all projects, ` +
+          `the others project by project)`,
       );
 
       // Every task finished exactly once, by the attempt after its failures.
