@@ -11,7 +11,7 @@
 -- and the JWT claims in request.jwt.claims. PostgREST itself cannot be
 -- installed here, so the HTTP layer in front of these roles is not exercised.
 begin;
-select plan(148);
+select plan(150);
 
 insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'owner@example.test'),
@@ -576,14 +576,44 @@ select is(
    where nspname = 'ai_queue' and proname <> 'owns_project'
      and pg_catalog.has_function_privilege('service_role', oid, 'execute')),
   null, 'not even the service can call an ai_queue helper directly');
+-- What each API role may do to each table or view of this project in public,
+-- counting column grants too.
+create temp view table_rights as
+  select r.rolname as role, c.relname::text || ':' || p.priv as privilege
+  from pg_catalog.pg_class c
+  cross join unnest(array['select', 'insert', 'update', 'delete']) p (priv)
+  cross join (values ('anon'), ('authenticated')) r (rolname)
+  where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'v', 'm', 'p')
+    and not exists (select 1 from pg_catalog.pg_depend d
+                    where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
+                      and d.deptype = 'e')
+    and (pg_catalog.has_table_privilege(r.rolname, c.oid, p.priv)
+         or (p.priv <> 'delete'
+             and pg_catalog.has_any_column_privilege(r.rolname, c.oid, p.priv)));
 select is(
-  (select array_agg(c.relname::text order by c.relname) from pg_catalog.pg_class c
-   where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'v', 'm')
-     and pg_catalog.has_table_privilege('anon', c.oid, 'select, insert, update, delete')
-     and not exists (select 1 from pg_catalog.pg_depend d
-                     where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
-                       and d.deptype = 'e')),
-  null, 'anon has no privilege on any table or view in public');
+  (select array_agg(privilege order by privilege) from table_rights where role = 'anon'),
+  null, 'anon has no privilege on any table or view in public, nor on any column');
+select is(
+  (select array_agg(privilege order by privilege) from table_rights
+   where role = 'authenticated'),
+  array['ai_tasks:insert', 'ai_tasks:select', 'build_logs:select', 'chat_messages:insert',
+        'chat_messages:select', 'projects:delete', 'projects:insert', 'projects:select',
+        'projects:update'],
+  'a signed-in user holds exactly the grants the design gives, on no other table');
+select is(
+  (select array_agg(c.relname || '.' || a.attname || ':' || p.priv
+                    order by c.relname, p.priv, a.attname)
+   from pg_catalog.pg_class c
+   join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+   cross join unnest(array['insert', 'update']) p (priv)
+   where c.oid in ('public.projects'::regclass, 'public.ai_tasks'::regclass,
+                   'public.chat_messages'::regclass, 'public.build_logs'::regclass)
+     and pg_catalog.has_column_privilege('authenticated', c.oid, a.attnum, p.priv)),
+  array['ai_tasks.model:insert', 'ai_tasks.payload:insert', 'ai_tasks.project_id:insert',
+        'ai_tasks.type:insert', 'chat_messages.content:insert',
+        'chat_messages.metadata:insert', 'chat_messages.project_id:insert',
+        'chat_messages.role:insert', 'projects.name:insert', 'projects.name:update'],
+  'a signed-in user may write only these columns: never queue state, owners or task links');
 
 select * from finish();
 rollback;
