@@ -37,8 +37,10 @@ insert into public.chat_messages (project_id, role, content) values
   ('a1000000-0000-4000-8000-000000000001', 'user', 'owner''s question'),
   ('b1000000-0000-4000-8000-000000000001', 'user', 'other user''s question');
 insert into public.build_logs (project_id, task_id, log_type, message) values
-  ('a1000000-0000-4000-8000-000000000001', 'c0000000-0000-4000-8000-0000000000a1', 'info', 'owner''s log'),
-  ('b1000000-0000-4000-8000-000000000001', 'c0000000-0000-4000-8000-0000000000b1', 'info', 'other user''s log');
+  ('a1000000-0000-4000-8000-000000000001', 'c0000000-0000-4000-8000-0000000000a1', 'info',
+    'owner''s log'),
+  ('b1000000-0000-4000-8000-000000000001', 'c0000000-0000-4000-8000-0000000000b1', 'info',
+    'other user''s log');
 
 -- How many rows a statement touched, as the role running it.
 create function pg_temp.affected(statement text) returns integer
@@ -108,18 +110,21 @@ select throws_ok(
   'permission denied for function fail_ai_task', 'anon cannot execute fail_ai_task');
 select throws_ok(
   $$select public.extend_ai_task_lease('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
-  'permission denied for function extend_ai_task_lease', 'anon cannot execute extend_ai_task_lease');
+  'permission denied for function extend_ai_task_lease',
+  'anon cannot execute extend_ai_task_lease');
 select throws_ok(
   $$select public.release_ai_task('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
   'permission denied for function release_ai_task', 'anon cannot execute release_ai_task');
 select throws_ok(
   $$select public.stream_ai_task_reply('c0000000-0000-4000-8000-0000000000a1', 1, 'x')$$, '42501',
-  'permission denied for function stream_ai_task_reply', 'anon cannot execute stream_ai_task_reply');
+  'permission denied for function stream_ai_task_reply',
+  'anon cannot execute stream_ai_task_reply');
 select throws_ok(
   $$select public.snooze_ai_task('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
   'permission denied for function snooze_ai_task', 'anon cannot execute snooze_ai_task');
 select throws_ok($$select public.reap_expired_ai_tasks()$$, '42501',
-  'permission denied for function reap_expired_ai_tasks', 'anon cannot execute reap_expired_ai_tasks');
+  'permission denied for function reap_expired_ai_tasks',
+  'anon cannot execute reap_expired_ai_tasks');
 select throws_ok($$select public.enqueue_ai_task('a1000000-0000-4000-8000-000000000001')$$, '42501',
   'permission denied for function enqueue_ai_task', 'anon cannot execute enqueue_ai_task');
 select throws_ok($$select public.cancel_ai_task('c0000000-0000-4000-8000-0000000000a1')$$, '42501',
@@ -130,9 +135,11 @@ select throws_ok($$select ai_queue.owns_project('a1000000-0000-4000-8000-0000000
   'permission denied for function owns_project', 'anon cannot execute ai_queue.owns_project');
 select throws_ok(
   $$select ai_queue.authorize_project('a1000000-0000-4000-8000-000000000001')$$, '42501',
-  'permission denied for function authorize_project', 'anon cannot execute ai_queue.authorize_project');
+  'permission denied for function authorize_project',
+  'anon cannot execute ai_queue.authorize_project');
 select throws_ok($$select ai_queue.reap_expired_leases(10)$$, '42501',
-  'permission denied for function reap_expired_leases', 'anon cannot execute ai_queue.reap_expired_leases');
+  'permission denied for function reap_expired_leases',
+  'anon cannot execute ai_queue.reap_expired_leases');
 select throws_ok(
   $$select ai_queue.log('a1000000-0000-4000-8000-000000000001', null, 'info', 'forged')$$, '42501',
   'permission denied for function log', 'anon cannot execute ai_queue.log');
@@ -140,7 +147,8 @@ select throws_ok(
   $$select ai_queue.history('b1000000-0000-4000-8000-000000000001', now())$$, '42501',
   'permission denied for function history', 'anon cannot execute ai_queue.history');
 select throws_ok($$select ai_queue.invalid_argument('a', 'b', 'c')$$, '42501',
-  'permission denied for function invalid_argument', 'anon cannot execute ai_queue.invalid_argument');
+  'permission denied for function invalid_argument',
+  'anon cannot execute ai_queue.invalid_argument');
 select throws_ok($$select ai_queue.retry_delay(1)$$, '42501',
   'permission denied for function retry_delay', 'anon cannot execute ai_queue.retry_delay');
 reset role;
@@ -149,10 +157,12 @@ reset request.jwt.claims;
 
 -- ================================================================ another signed-in user
 set local role authenticated;
-set local request.jwt.claims = '{"sub": "b0000000-0000-4000-8000-000000000002", "role": "authenticated"}';
+set local request.jwt.claims =
+  '{"sub": "b0000000-0000-4000-8000-000000000002", "role": "authenticated"}';
 
 select is(
-  (select array_agg(id) from public.projects), array['b1000000-0000-4000-8000-000000000001']::uuid[],
+  (select array_agg(id) from public.projects),
+    array['b1000000-0000-4000-8000-000000000001']::uuid[],
   'another user reads only their own project');
 select is(
   (select count(*)::int from public.ai_tasks
@@ -222,24 +232,30 @@ select throws_ok($$select public.claim_ai_task('intruder')$$, '42501',
   'permission denied for function claim_ai_task', 'a signed-in user cannot execute claim_ai_task');
 select throws_ok(
   $$select public.complete_ai_task('c0000000-0000-4000-8000-0000000000a1', 1, 'x')$$, '42501',
-  'permission denied for function complete_ai_task', 'a signed-in user cannot execute complete_ai_task');
+  'permission denied for function complete_ai_task',
+  'a signed-in user cannot execute complete_ai_task');
 select throws_ok(
   $$select public.fail_ai_task('c0000000-0000-4000-8000-0000000000a1', 1, 'x')$$, '42501',
   'permission denied for function fail_ai_task', 'a signed-in user cannot execute fail_ai_task');
 select throws_ok(
   $$select public.extend_ai_task_lease('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
-  'permission denied for function extend_ai_task_lease', 'a signed-in user cannot execute extend_ai_task_lease');
+  'permission denied for function extend_ai_task_lease',
+  'a signed-in user cannot execute extend_ai_task_lease');
 select throws_ok(
   $$select public.release_ai_task('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
-  'permission denied for function release_ai_task', 'a signed-in user cannot execute release_ai_task');
+  'permission denied for function release_ai_task',
+  'a signed-in user cannot execute release_ai_task');
 select throws_ok(
   $$select public.stream_ai_task_reply('c0000000-0000-4000-8000-0000000000a1', 1, 'x')$$, '42501',
-  'permission denied for function stream_ai_task_reply', 'a signed-in user cannot execute stream_ai_task_reply');
+  'permission denied for function stream_ai_task_reply',
+  'a signed-in user cannot execute stream_ai_task_reply');
 select throws_ok(
   $$select public.snooze_ai_task('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
-  'permission denied for function snooze_ai_task', 'a signed-in user cannot execute snooze_ai_task');
+  'permission denied for function snooze_ai_task',
+  'a signed-in user cannot execute snooze_ai_task');
 select throws_ok($$select public.reap_expired_ai_tasks()$$, '42501',
-  'permission denied for function reap_expired_ai_tasks', 'a signed-in user cannot execute reap_expired_ai_tasks');
+  'permission denied for function reap_expired_ai_tasks',
+  'a signed-in user cannot execute reap_expired_ai_tasks');
 reset role;
 reset request.jwt.claims;
 
@@ -253,12 +269,16 @@ select row_eq(
 
 -- ================================================================ the owner
 set local role authenticated;
-set local request.jwt.claims = '{"sub": "a0000000-0000-4000-8000-000000000001", "role": "authenticated"}';
+set local request.jwt.claims =
+  '{"sub": "a0000000-0000-4000-8000-000000000001", "role": "authenticated"}';
 
 select is((select array_agg(id order by id) from public.projects),
-  array['a1000000-0000-4000-8000-000000000001', 'a1000000-0000-4000-8000-000000000002']::uuid[], 'the owner reads their own projects and no other');
+  array['a1000000-0000-4000-8000-000000000001', 'a1000000-0000-4000-8000-000000000002']::uuid[],
+  'the owner reads their own projects and no other');
 select is((select array_agg(id order by id) from public.ai_tasks),
-  array['c0000000-0000-4000-8000-0000000000a1', 'c0000000-0000-4000-8000-0000000000a2', 'c0000000-0000-4000-8000-0000000000a3']::uuid[], 'the owner reads their own tasks and no other');
+  array['c0000000-0000-4000-8000-0000000000a1', 'c0000000-0000-4000-8000-0000000000a2',
+  'c0000000-0000-4000-8000-0000000000a3']::uuid[],
+  'the owner reads their own tasks and no other');
 select is((select array_agg(content) from public.chat_messages),
   array['owner''s question'], 'the owner reads their own messages and no other');
 select is((select array_agg(message) from public.build_logs),
@@ -266,7 +286,8 @@ select is((select array_agg(message) from public.build_logs),
 select lives_ok(
   $$insert into public.ai_tasks (project_id, type, payload, model)
    
-    values ('a1000000-0000-4000-8000-000000000001', 'build_site', '{"page": "about"}', 'openai/gpt-4o-mini')$$,
+    values ('a1000000-0000-4000-8000-000000000001', 'build_site', '{"page": "about"}',
+      'openai/gpt-4o-mini')$$,
   'the owner can queue a task in their project');
 select row_eq(
   $$select user_id, status, attempts, result, locked_by from public.ai_tasks
@@ -310,7 +331,8 @@ select throws_ok(
   'the owner cannot choose a task''s priority');
 select throws_ok(
   $$insert into public.ai_tasks (project_id, type, user_id)
-    values ('a1000000-0000-4000-8000-000000000001', 'chat_reply', 'b0000000-0000-4000-8000-000000000002')$$,
+    values ('a1000000-0000-4000-8000-000000000001', 'chat_reply',
+      'b0000000-0000-4000-8000-000000000002')$$,
   '42501', 'permission denied for table ai_tasks',
   'the owner cannot choose a task''s user_id');
 select throws_ok(
@@ -335,7 +357,8 @@ select throws_ok(
 select throws_ok(
   $$insert into public.chat_messages (project_id, role, content, task_id)
    
-    values ('a1000000-0000-4000-8000-000000000001', 'user', 'x', 'c0000000-0000-4000-8000-0000000000a1')$$,
+    values ('a1000000-0000-4000-8000-000000000001', 'user', 'x',
+      'c0000000-0000-4000-8000-0000000000a1')$$,
   '42501', 'permission denied for table chat_messages',
   'the owner cannot tie a message to a task');
 select throws_ok(
@@ -399,13 +422,16 @@ select isnt(
   public.enqueue_ai_task('a1000000-0000-4000-8000-000000000001', message => 'Hello?'), null,
   'the owner can enqueue a task in their project');
 select throws_ok($$select public.enqueue_ai_task('b1000000-0000-4000-8000-000000000001')$$, 'AQ002',
-  'project b1000000-0000-4000-8000-000000000001 not found', 'the owner cannot enqueue into another user''s project');
+  'project b1000000-0000-4000-8000-000000000001 not found',
+  'the owner cannot enqueue into another user''s project');
 select is(public.cancel_ai_task('c0000000-0000-4000-8000-0000000000a1'), 'cancelled',
   'the owner can cancel their task');
 select is(
-  public.retry_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'queued', 'the owner can retry their failed task');
+  public.retry_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'queued',
+  'the owner can retry their failed task');
 select throws_ok($$select public.cancel_ai_task('c0000000-0000-4000-8000-0000000000b1')$$, 'AQ002',
-  'task c0000000-0000-4000-8000-0000000000b1 not found', 'the owner cannot cancel another user''s task');
+  'task c0000000-0000-4000-8000-0000000000b1 not found',
+  'the owner cannot cancel another user''s task');
 select throws_ok($$select public.claim_ai_task('intruder')$$, '42501',
   'permission denied for function claim_ai_task', 'the owner cannot execute claim_ai_task');
 select throws_ok(
@@ -416,23 +442,28 @@ select throws_ok(
   'permission denied for function fail_ai_task', 'the owner cannot execute fail_ai_task');
 select throws_ok(
   $$select public.extend_ai_task_lease('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
-  'permission denied for function extend_ai_task_lease', 'the owner cannot execute extend_ai_task_lease');
+  'permission denied for function extend_ai_task_lease',
+  'the owner cannot execute extend_ai_task_lease');
 select throws_ok(
   $$select public.release_ai_task('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
   'permission denied for function release_ai_task', 'the owner cannot execute release_ai_task');
 select throws_ok(
   $$select public.stream_ai_task_reply('c0000000-0000-4000-8000-0000000000a1', 1, 'x')$$, '42501',
-  'permission denied for function stream_ai_task_reply', 'the owner cannot execute stream_ai_task_reply');
+  'permission denied for function stream_ai_task_reply',
+  'the owner cannot execute stream_ai_task_reply');
 select throws_ok(
   $$select public.snooze_ai_task('c0000000-0000-4000-8000-0000000000a1', 1)$$, '42501',
   'permission denied for function snooze_ai_task', 'the owner cannot execute snooze_ai_task');
 select throws_ok($$select public.reap_expired_ai_tasks()$$, '42501',
-  'permission denied for function reap_expired_ai_tasks', 'the owner cannot execute reap_expired_ai_tasks');
+  'permission denied for function reap_expired_ai_tasks',
+  'the owner cannot execute reap_expired_ai_tasks');
 select throws_ok(
   $$select ai_queue.authorize_project('a1000000-0000-4000-8000-000000000001')$$, '42501',
-  'permission denied for function authorize_project', 'the owner cannot execute ai_queue.authorize_project');
+  'permission denied for function authorize_project',
+  'the owner cannot execute ai_queue.authorize_project');
 select throws_ok($$select ai_queue.reap_expired_leases(10)$$, '42501',
-  'permission denied for function reap_expired_leases', 'the owner cannot execute ai_queue.reap_expired_leases');
+  'permission denied for function reap_expired_leases',
+  'the owner cannot execute ai_queue.reap_expired_leases');
 select throws_ok(
   $$select ai_queue.log('a1000000-0000-4000-8000-000000000001', null, 'info', 'forged')$$, '42501',
   'permission denied for function log', 'the owner cannot execute ai_queue.log');
@@ -440,7 +471,8 @@ select throws_ok(
   $$select ai_queue.history('b1000000-0000-4000-8000-000000000001', now())$$, '42501',
   'permission denied for function history', 'the owner cannot execute ai_queue.history');
 select throws_ok($$select ai_queue.invalid_argument('a', 'b', 'c')$$, '42501',
-  'permission denied for function invalid_argument', 'the owner cannot execute ai_queue.invalid_argument');
+  'permission denied for function invalid_argument',
+  'the owner cannot execute ai_queue.invalid_argument');
 select throws_ok($$select ai_queue.retry_delay(1)$$, '42501',
   'permission denied for function retry_delay', 'the owner cannot execute ai_queue.retry_delay');
 reset role;
@@ -478,7 +510,8 @@ select lives_ok(
 select lives_ok(
   $$insert into public.ai_tasks (project_id, type, status, attempts, locked_by, locked_until)
    
-    values ('b1000000-0000-4000-8000-000000000001', 'chat_reply', 'running', 1, 'svc', now() + interval '1 minute')$$,
+    values ('b1000000-0000-4000-8000-000000000001', 'chat_reply', 'running', 1,
+      'svc', now() + interval '1 minute')$$,
   'the service can insert a task in any state');
 select lives_ok($$insert into public.chat_messages (project_id, role, content)
     values ('b1000000-0000-4000-8000-000000000001', 'system', 'x')$$,
@@ -523,11 +556,14 @@ select isnt(public.enqueue_ai_task('a1000000-0000-4000-8000-000000000001'), null
 select is((select count(*)::int from public.claim_ai_task('svc-worker', batch_size => 10)), 5,
   'the service can claim');
 select is(
-  public.extend_ai_task_lease('c0000000-0000-4000-8000-0000000000a2', 4), true, 'the service can execute extend_ai_task_lease');
+  public.extend_ai_task_lease('c0000000-0000-4000-8000-0000000000a2', 4), true,
+  'the service can execute extend_ai_task_lease');
 select is(
-  public.stream_ai_task_reply('c0000000-0000-4000-8000-0000000000a2', 4, 'part'), true, 'the service can execute stream_ai_task_reply');
+  public.stream_ai_task_reply('c0000000-0000-4000-8000-0000000000a2', 4, 'part'), true,
+  'the service can execute stream_ai_task_reply');
 select is(
-  public.release_ai_task('c0000000-0000-4000-8000-0000000000a2', 4), true, 'the service can execute release_ai_task');
+  public.release_ai_task('c0000000-0000-4000-8000-0000000000a2', 4), true,
+  'the service can execute release_ai_task');
 select is(public.reap_expired_ai_tasks(), 0, 'the service can execute reap_expired_ai_tasks');
 select isnt(public.complete_ai_task('c0000000-0000-4000-8000-0000000000a3', 1, 'done'), null,
   'the service can complete a task');
@@ -541,7 +577,8 @@ select is(
 select is(public.cancel_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'cancelled',
   'the service can cancel any task');
 select is(
-  public.retry_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'queued', 'the service can retry any task');
+  public.retry_ai_task('c0000000-0000-4000-8000-0000000000a2'), 'queued',
+  'the service can retry any task');
 reset role;
 reset request.jwt.claims;
 
@@ -569,7 +606,8 @@ select is(
 select is(
   (select array_agg(nspname || '.' || proname order by nspname, proname) from our_functions
   
-    where nspname = 'public' and not pg_catalog.has_function_privilege('service_role', oid, 'execute')),
+    where nspname = 'public' and not pg_catalog.has_function_privilege('service_role', oid,
+    'execute')),
   null, 'the service can execute every public function');
 select is(
   (select array_agg(nspname || '.' || proname order by nspname, proname) from our_functions
