@@ -136,11 +136,14 @@ function wrapPostgres(step: string, error: unknown): QueueDbError {
   const e = error as { code?: unknown; message?: unknown };
   const code = typeof e?.code === "string" ? e.code : null;
   const message = typeof e?.message === "string" ? e.message : String(error);
-  if (code !== null && SQLSTATE.test(code)) {
+  // Only the server's errors carry a SQLSTATE. A socket error's code can look
+  // like one: EPIPE is five capital letters, and read as a SQLSTATE it made a
+  // write cut by a database restart final instead of retried.
+  if (error instanceof postgres.PostgresError && code !== null && SQLSTATE.test(code)) {
     return new QueueDbError(step, code, message, transientSqlState(code), { cause: error });
   }
   // postgres.js and the socket layer name their own codes (CONNECTION_CLOSED,
-  // ECONNREFUSED, CONNECT_TIMEOUT ...): the server never answered.
+  // ECONNREFUSED, CONNECT_TIMEOUT, EPIPE ...): the server never answered.
   return new QueueDbError(step, code, message, true, { cause: error });
 }
 
