@@ -141,12 +141,12 @@ export const chatReply: TaskHandler = async (ctx) => {
   const requested = task.model ?? config.defaultModel;
   const writer = new ThrottledReplyWriter(ctx, config.streamIntervalMs);
 
-  ctx.log.debug("model_call", {
-    task_id: task.id,
-    model: requested,
-    messages: messages.length,
-    ...(config.logPrompts ? { prompt: messages } : {}),
-  });
+  // The prompt is the user's text: logged only when RUNNER_LOG_PROMPTS asks.
+  if (config.logPrompts) {
+    ctx.log.info("model_call", { task_id: task.id, model: requested, prompt: messages });
+  } else {
+    ctx.log.debug("model_call", { task_id: task.id, model: requested, messages: messages.length });
+  }
   let reply;
   try {
     reply = await ctx.model.complete({
