@@ -47,11 +47,11 @@ export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve
 
 /** Polls `probe` until it returns a truthy value; fails with `what` after `ms`. */
 export async function waitFor<T>(what: string, ms: number, probe: () => Promise<T> | T,
-  everyMs = 100): Promise<T> {
+  everyMs = 100): Promise<NonNullable<T>> {
   const until = Date.now() + ms;
   for (;;) {
     const value = await probe();
-    if (value) return value;
+    if (value) return value as NonNullable<T>;
     if (Date.now() > until) throw new AssertionError(`timed out after ${ms} ms: ${what}`);
     await sleep(everyMs);
   }
