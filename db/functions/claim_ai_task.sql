@@ -8,6 +8,8 @@
 --     (ai_queue_settings.default_max_running_tasks when null);
 --   * a batch goes round-robin: the first task of each project with spare
 --     room, then the second, ..., so one project's backlog cannot fill it;
+--     tasks already running count as earlier turns, so successive claims
+--     favour the projects with the fewest tasks in flight;
 --   * no task is handed out whose model (the task's, or the default model) is
 --     paused by a Retry-After or has used its requests_per_minute or
 --     tokens_per_minute in the current minute (public.ai_model_limits).
@@ -40,6 +42,10 @@ declare
   excluded uuid[];
   locked_projects uuid[] := '{}';
   window_rows integer;
+  -- Projects weighed beyond batch_size, so that a claim can prefer one with
+  -- fewer tasks in flight to a busier one whose head task is older.
+  lookahead constant integer := 3;
+  wanted_projects integer;
   rows_read integer;
   head record;
   -- Where the last window ended; the first starts before every task.
@@ -129,15 +135,16 @@ begin
                                where p.id = r.project_id),
                               settings.default_max_running_tasks);
 
-  -- Step 1: find candidate projects, best head task first, and take each
-  -- one's advisory lock; a project another claim is deciding right now is
-  -- passed over. A window of 2 x batch_size due tasks usually spans
-  -- batch_size projects; when a few projects' backlogs fill it, the next
-  -- round carries on after the window's last task (the keyset index) and
-  -- leaves out the projects already seen. A scan costs what it passes: tasks
-  -- of projects at their cap or of blocked models ahead in the order are read
-  -- and skipped.
-  window_rows := case when batch_size = 1 then 1 else batch_size * 2 end;
+  -- Step 1: find batch_size + lookahead candidate projects, best head task
+  -- first, and take each one's advisory lock; a project another claim is
+  -- deciding right now is passed over. A window of twice as many due tasks
+  -- usually spans enough projects; when a few projects' backlogs fill it,
+  -- the next round carries on after the window's last task (the keyset
+  -- index) and leaves out the projects already seen. A scan costs what it
+  -- passes: tasks of projects at their cap or of blocked models ahead in the
+  -- order are read and skipped.
+  wanted_projects := batch_size + lookahead;
+  window_rows := wanted_projects * 2;
   if claim_ai_task.project_id is not null then
     -- Another claim deciding this project holds the tasks it would take, as
     -- SKIP LOCKED would: pass, rather than wait for its commit.
@@ -168,12 +175,11 @@ begin
           if pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(head.project_id::text))
           then
             locked_projects := locked_projects || head.project_id;
-            -- batch_size projects with a due task each fill the batch.
-            exit when cardinality(locked_projects) >= batch_size;
+            exit when cardinality(locked_projects) >= wanted_projects;
           end if;
         end if;
       end loop;
-      exit when rows_read < window_rows or cardinality(locked_projects) >= batch_size
+      exit when rows_read < window_rows or cardinality(locked_projects) >= wanted_projects
              or scan_round >= 5;
     end loop;
   end if;
@@ -185,15 +191,23 @@ begin
   -- Step 2: with the projects locked, a fresh read of each one's running
   -- count and due tasks (a claim that held a lock before us has committed),
   -- dealt round-robin: every project's first task, then every second ...
-  -- A project with no projects.max_running_tasks falls back to the default.
-  with room as materialized (
+  -- Tasks already running count as turns dealt earlier, so a project with
+  -- three in flight gets its next only after the others have three too; the
+  -- batch of one a busy worker pool claims goes to the least served project
+  -- among those it weighed. A project with no projects.max_running_tasks
+  -- falls back to the default.
+  with counted as (
     select lp.project_id,
            coalesce((select p.max_running_tasks from public.projects p
                      where p.id = lp.project_id),
-                    settings.default_max_running_tasks)
-             - (select count(*) from public.ai_tasks r
-                where r.status = 'running' and r.project_id = lp.project_id) as spare
+                    settings.default_max_running_tasks) as cap,
+           (select count(*)::integer from public.ai_tasks r
+            where r.status = 'running' and r.project_id = lp.project_id) as running
     from unnest(locked_projects) lp (project_id)
+  ), room as materialized (
+    select c.project_id, c.running, c.cap - c.running as spare,
+           max(c.running) over () as most_running
+    from counted c
   ), dealt as (
     select d.id, d.model,
            row_number() over (order by d.turn, d.priority desc, d.run_at, d.created_at,
@@ -201,20 +215,23 @@ begin
     from (
       select t.id, t.priority, t.run_at, t.created_at,
              coalesce(t.model, settings.default_model) as model,
-             row_number() over (partition by t.project_id
-                                order by t.priority desc, t.run_at, t.created_at, t.id) as turn
+             t.running + row_number() over (partition by t.project_id
+                                            order by t.priority desc, t.run_at, t.created_at,
+                                                     t.id) as turn
       from room
       cross join lateral (
-        select t.id, t.project_id, t.priority, t.run_at, t.created_at, t.model
+        select t.id, t.project_id, t.priority, t.run_at, t.created_at, t.model, room.running
         from public.ai_tasks t
         where t.project_id = room.project_id
           and t.status = 'queued' and t.run_at <= now()
           and coalesce(t.model, settings.default_model) <> all (blocked_models)
         order by t.priority desc, t.run_at, t.created_at
-        -- With k projects dealt, a project's (batch_size - k + 1)th task
-        -- would come after every other project's first: never needed.
-        limit least(room.spare,
-                    greatest(batch_size - cardinality(locked_projects) + 1, 1))
+        -- How deep the dealing can reach into one project: past the turns it
+        -- is behind the busiest, a project's j-th task comes after a task of
+        -- each of the k projects, so j <= batch_size - k + 1.
+        limit least(room.spare, batch_size,
+                    greatest(room.most_running - room.running,
+                             batch_size - cardinality(locked_projects) + 1, 1))
       ) t
       where room.spare > 0
     ) d

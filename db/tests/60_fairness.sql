@@ -2,13 +2,13 @@
 -- Concurrent claims keeping the caps exact are proven in db/fairness_test.ts;
 -- one session cannot interleave with itself.
 begin;
-select plan(13);
+select plan(14);
 
 insert into auth.users (id, email) values
   ('f0000000-0000-4000-8000-000000000001', 'fair@example.test');
 insert into public.projects (owner_id, name)
 select 'f0000000-0000-4000-8000-000000000001', n
-from unnest(array['fair big', 'fair a', 'fair b', 'fair c', 'fair d']) n;
+from unnest(array['fair big', 'fair a', 'fair b', 'fair c', 'fair d', 'fair e', 'fair f']) n;
 update public.ai_queue_settings set default_max_running_tasks = 3;
 
 -- Tasks numbered 1..how_many in payload.n, one second apart from first_at.
@@ -51,8 +51,9 @@ select is(pg_temp.claim(2), array['big#1', 'a#1'],
   'a batch of 2 takes the heads of the two projects waiting longest, '
   'not the two oldest tasks of one project');
 select is(pg_temp.claim(8),
-  array['big#2', 'a#2', 'b#1', 'c#1', 'big#3', 'a#3', 'b#2', 'c#2'],
-  'a batch deals every project''s first task, then every project''s second');
+  array['b#1', 'c#1', 'big#2', 'a#2', 'b#2', 'c#2', 'big#3', 'a#3'],
+  'a batch deals every project''s first task, then every project''s second, '
+  'counting a running task as a turn already dealt');
 
 -- ---------------------------------------------------------------- caps
 select is(pg_temp.claim(10), array['b#3', 'c#3'],
@@ -84,8 +85,13 @@ select is(pg_temp.claim(1), array['big#99'],
 select pg_temp.add_tasks('fair d', 2, now() - interval '1 minute', priority => 5);
 select pg_temp.add_tasks('fair a', 1, now() - interval '2 hours', first_n => 4);
 update public.projects set max_running_tasks = 20 where name = 'fair big';
-select is(pg_temp.claim(4), array['d#1', 'a#4', 'big#10', 'd#2'],
-  'each turn is dealt in the order of the projects'' heads: priority, then age');
+select is(pg_temp.claim(4), array['d#1', 'd#2', 'a#4', 'big#10'],
+  'a project with nothing in flight is served before busier ones with older tasks');
+
+select pg_temp.add_tasks('fair e', 1, now() - interval '3 hours');
+select pg_temp.add_tasks('fair f', 1, now() - interval '1 minute', priority => 5);
+select is(pg_temp.claim(2), array['f#1', 'e#1'],
+  'within a turn the projects'' heads go in priority order, then by age');
 
 -- ---------------------------------------------------------------- invariants
 select is(
