@@ -39,6 +39,19 @@ const wallMs = () => performance.timeOrigin + performance.now();
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const log = (message) => process.stderr.write(`bench: ${message}\n`);
 
+/** When the server started; waits through a restart (up to a minute). */
+async function postmasterStart(admin) {
+  for (let i = 0; ; i++) {
+    try {
+      const [row] = await admin`select pg_postmaster_start_time()::text as t`;
+      return row.t;
+    } catch (error) {
+      if (i >= 60) throw error;
+      await sleep(1000);
+    }
+  }
+}
+
 // ------------------------------------------------------------------ contenders
 
 const nodeWorker = (file) => (settings) =>
@@ -209,16 +222,31 @@ async function main() {
     await system.setup(admin, root);
   }
 
+  let restarts = 0;
   const results = Object.fromEntries(contenders.map((c) => [c.key, { label: c.label }]));
+  // Other sessions on this machine may restart the shared cluster; a step the
+  // restart cut short (or that overlapped it) is run again, up to twice.
   const step = async (what, run) => {
-    const t = wallMs();
-    try {
-      return await run();
-    } catch (error) {
-      log(`${what} failed: ${error.message}`);
-      return { error: error.message.split("\n")[0] };
-    } finally {
-      log(`${what} took ${((wallMs() - t) / 1000).toFixed(1)} s`);
+    for (let attempt = 1; ; attempt++) {
+      const t = wallMs();
+      const bootBefore = await postmasterStart(admin);
+      let result;
+      try {
+        result = await run();
+      } catch (error) {
+        result = { error: error.message.split("\n")[0] };
+      }
+      const bootAfter = await postmasterStart(admin);
+      log(`${what} ${result.error ? `failed (${result.error})` : "done"} in ` +
+        `${((wallMs() - t) / 1000).toFixed(1)} s`);
+      const restarted = bootBefore !== bootAfter || /shutting down|ECONNRE|terminat|CONNECTION_/
+        .test(result.error ?? "");
+      if (!restarted || attempt === 3) {
+        if (attempt > 1) result.attempts = attempt;
+        return result;
+      }
+      log(`${what}: the cluster restarted during the step; running it again`);
+      restarts++;
     }
   };
 
@@ -263,6 +291,7 @@ async function main() {
     date: started.toISOString(),
     durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
     command: "make bench",
+    restarts,
   };
   const markdown = renderMarkdown({ machine, knobs, results });
   process.stdout.write(markdown + "\n");

@@ -28,7 +28,9 @@ export function renderMarkdown({ machine, knobs, results }) {
     `\`${machine.command}\` in ${machine.durationSeconds} s.`, "");
   out.push("Figures from one run on a shared 2-core machine while other test suites ran; " +
     "expect run-to-run noise of tens of percent. Workers run in their own processes; " +
-    "the harness polls for completion every 20 ms.", "");
+    "the harness polls for completion every 20 ms." +
+    (machine.restarts ? ` Another session restarted the cluster during this run; ` +
+      `${machine.restarts} step(s) were run again.` : ""), "");
 
   out.push(`## Queue overhead: drain ${fmt(knobs.tasks)} queued tasks`, "");
   out.push("All tasks are queued in one transaction while the worker idles; the clock runs " +
