@@ -3,12 +3,13 @@
 -- The held task goes back to the queue after retry_after_seconds (the
 -- provider's Retry-After, or ai_queue_settings.snooze_default_seconds when it
 -- gave none) with its attempt given back (max_attempts grows by one), since
--- the model never answered. The
--- model's limit row learns the wait, so claims hand out no task of that model
--- until it has passed. A task may be snoozed ai_queue_settings.max_snoozes
--- times; the next rate-limit answer counts as a failure and takes the normal
--- fail_ai_task path (an attempt spent, backoff, or failed when none is left).
--- Returns the new status: queued, or what fail_ai_task returned.
+-- the model never answered. The model's limit row learns the wait, so claims
+-- hand out no task of that model until it has passed. A task may be snoozed
+-- ai_queue_settings.max_snoozes times; the next rate-limit answer counts as
+-- a failure and takes the normal fail_ai_task path (an attempt spent,
+-- backoff, or failed when none is left). Fenced like fail_ai_task: AQ001
+-- when the attempt no longer holds the task. Returns the new status: queued,
+-- or what fail_ai_task returned.
 create or replace function public.snooze_ai_task(
   task_id uuid,
   attempt integer,
