@@ -44,6 +44,7 @@ function json(status: number, body: unknown, headers: Record<string, string> = {
 
 function describe(value: unknown): string {
   if (value === null) return "null";
+  if (value === undefined) return "nothing";
   if (Array.isArray(value)) return "an array";
   if (typeof value === "string") return JSON.stringify(value.slice(0, 80));
   return typeof value === "object" ? "an object" : `${typeof value} ${String(value)}`;
@@ -241,11 +242,29 @@ async function readBody(request: Request): Promise<string> {
   if (declared > MAX_BODY_BYTES) {
     throw new HttpError(413, `body must be at most ${MAX_BODY_BYTES} bytes, got ${declared}`);
   }
-  const text = await request.text();
-  if (text.length > MAX_BODY_BYTES) {
-    throw new HttpError(413, `body must be at most ${MAX_BODY_BYTES} bytes, got ${text.length}`);
+  // Read only up to the limit: a chunked body has no length to check first,
+  // and one that never ends would otherwise hold the request (and memory) open.
+  const reader = request.body?.getReader();
+  if (!reader) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MAX_BODY_BYTES) {
+      await reader.cancel().catch(() => {});
+      throw new HttpError(413, `body must be at most ${MAX_BODY_BYTES} bytes, got more`);
+    }
+    chunks.push(value);
   }
-  return text;
+  const body = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return new TextDecoder().decode(body);
 }
 
 /** Processes the job's tasks until none is due or the time budget runs out. */
