@@ -342,3 +342,31 @@ export interface Scenario {
   name: string;
   run(sql: postgres.Sql): Promise<Outcome>;
 }
+
+export type ApiRole = "anon" | "authenticated" | "service_role";
+
+/**
+ * Runs `fn` in a transaction as PostgREST would for a request: the API role
+ * and the JWT claims set locally, so RLS and auth.uid() see a real caller.
+ */
+export function asCaller<T>(sql: postgres.Sql, role: ApiRole, sub: string | null,
+  fn: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+  const claims = JSON.stringify(sub ? { role, sub } : { role });
+  return sql.begin(async (tx) => {
+    await tx`select pg_catalog.set_config('role', ${role}, true),
+                    pg_catalog.set_config('request.jwt.claims', ${claims}, true)`;
+    return await fn(tx);
+  }) as Promise<T>;
+}
+
+/** The SQLSTATE and message of a database error, or null when `run` succeeded. */
+export async function sqlError(run: () => Promise<unknown>):
+  Promise<{ code: string; message: string; column: string | null } | null> {
+  try {
+    await run();
+    return null;
+  } catch (error) {
+    const e = error as { code?: string; message?: string; column_name?: string };
+    return { code: String(e.code), message: String(e.message), column: e.column_name ?? null };
+  }
+}
