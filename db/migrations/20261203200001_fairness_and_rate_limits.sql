@@ -65,6 +65,13 @@ revoke all on public.ai_queue_settings, public.ai_model_limits
 grant all on public.ai_queue_settings, public.ai_model_limits to service_role;
 
 -- migrate:down
+-- The functions built on these tables go first (their types depend on them);
+-- after a rollback, apply db/functions of the matching revision again.
+drop trigger if exists ai_tasks_count_model_tokens on public.ai_tasks;
+drop function if exists ai_queue.count_model_tokens();
+drop function if exists ai_queue.pause_model(text, timestamptz);
+drop function if exists ai_queue.settings();
+drop function if exists public.snooze_ai_task(uuid, integer, integer, text);
 drop index if exists public.ai_tasks_running_project_idx;
 drop index if exists public.ai_tasks_idempotency_key_idx;
 alter table public.ai_tasks drop column if exists idempotency_key;
