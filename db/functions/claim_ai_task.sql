@@ -45,6 +45,8 @@ declare
   -- Projects weighed beyond batch_size, so that a claim can prefer one with
   -- fewer tasks in flight to a busier one whose head task is older.
   lookahead constant integer := 3;
+  -- Due tasks read past the last window to find them, at most.
+  lookahead_rows constant integer := 64;
   wanted_projects integer;
   rows_read integer;
   head record;
@@ -179,9 +181,38 @@ begin
           end if;
         end if;
       end loop;
-      exit when rows_read < window_rows or cardinality(locked_projects) >= wanted_projects
+      exit when rows_read < window_rows or cardinality(locked_projects) >= batch_size
              or scan_round >= 5;
     end loop;
+
+    -- The projects weighed beyond batch_size are worth a short look past the
+    -- last window, never a long scan: a backlog ahead simply ends the look.
+    if cardinality(locked_projects) between batch_size and wanted_projects - 1
+       and rows_read = window_rows then
+      for head in
+        select h.project_id
+        from (
+          select t.project_id, t.model
+          from public.ai_tasks t
+          where t.status = 'queued' and t.run_at <= now()
+            and (-t.priority, t.run_at, t.created_at, t.id)
+                > (last_key.neg_priority, last_key.run_at, last_key.created_at, last_key.id)
+          order by -t.priority, t.run_at, t.created_at, t.id
+          limit lookahead_rows
+        ) h
+        where h.project_id <> all (excluded)
+          and coalesce(h.model, settings.default_model) <> all (blocked_models)
+      loop
+        if not head.project_id = any (excluded) then
+          excluded := excluded || head.project_id;
+          if pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(head.project_id::text))
+          then
+            locked_projects := locked_projects || head.project_id;
+            exit when cardinality(locked_projects) >= wanted_projects;
+          end if;
+        end if;
+      end loop;
+    end if;
   end if;
 
   if cardinality(locked_projects) = 0 then
