@@ -12,14 +12,13 @@ const TASKS = 20_000;
 const PROJECTS = 200;
 const BATCH = 500;
 
-function rssMiB(pid: number): number {
-  try {
-    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-    return Math.round(kb / 1024);
-  } catch {
-    return 0;
-  }
+/** The resident memory of the processes together, in MiB, as ps reports it. */
+async function rssMiB(pids: number[]): Promise<number> {
+  const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", pids.join(",")],
+    stdout: "piped", stderr: "null" }).output();
+  const kb = new TextDecoder().decode(out.stdout).split(/\s+/).filter(Boolean)
+    .reduce((n, v) => n + Number(v), 0);
+  return Math.round(kb / 1024);
 }
 
 export const scenario: Scenario = {
@@ -41,10 +40,15 @@ export const scenario: Scenario = {
         (e) => e.event === "worker_started")));
 
       let peakRss = 0;
-      const sampler = setInterval(() => {
-        const total = workers.reduce((n, w) => n + rssMiB(w.pid), 0);
-        peakRss = Math.max(peakRss, total);
-      }, 500);
+      let peakConnections = 0;
+      const connectionSampler = setInterval(async () => {
+        const [{ n }] = await sql`select count(*)::int as n from pg_catalog.pg_stat_activity`
+          .catch(() => [{ n: 0 }]);
+        peakConnections = Math.max(peakConnections, n);
+      }, 1000);
+      const sampler = setInterval(async () => {
+        peakRss = Math.max(peakRss, await rssMiB(workers.map((w) => w.pid)));
+      }, 1000);
       const started = performance.now();
       const ids: string[] = [];
       for (let offset = 0; offset < TASKS; offset += BATCH) {
@@ -60,6 +64,7 @@ export const scenario: Scenario = {
       }, 250);
       const seconds = (performance.now() - started) / 1000;
       clearInterval(sampler);
+      clearInterval(connectionSampler);
 
       const codes = await Promise.all(workers.map((w) => w.stop()));
       const f = await queueFigures(sql, ids);
@@ -80,7 +85,8 @@ export const scenario: Scenario = {
         `seconds=${seconds.toFixed(1)} (inserts ${insertSeconds.toFixed(1)}) ` +
         `tasks/s=${(TASKS / seconds).toFixed(0)} completed=${f.byStatus.completed ?? 0} ` +
         `completed_by_workers=${byWorkers} duplicates=${duplicates} lost=${lost} ` +
-        `unfinished=${f.unfinished} peak_rss_all_workers=${peakRss}MiB`;
+        `unfinished=${f.unfinished} peak_rss_16_workers=${peakRss}MiB ` +
+        `cluster_connections_peak=${peakConnections}/${max}`;
       say(line);
 
       checkEqual(ids.length, TASKS, "tasks inserted");
@@ -90,6 +96,7 @@ export const scenario: Scenario = {
       checkEqual(lost, 0, "tasks not completed");
       checkEqual(byWorkers, TASKS, "completions the workers report");
       checkEqual(codes.map((c) => c.code), workers.map(() => 0), "worker exit codes");
+      check(peakRss > 0, "the workers' memory was measured");
       return { figures: line };
     } finally {
       await Promise.all(workers.map((w) => w.stop()));
