@@ -78,6 +78,19 @@ test-runner: test-db ## The runner's tests (deno test) against the local databas
 
 test: test-sql test-concurrency test-fairness test-runner ## Everything, from nothing
 
+# The chaos suite restarts the local cluster once (a few seconds): other
+# users of the cluster see their connections drop. Its logs go to a temporary
+# directory it prints; CHAOS_LOG_DIR chooses another.
+CHAOS_DB := ai_tasks_chaos
+.PHONY: test-chaos
+test-chaos: tools ## Real workers vs. load, crashes, a DB restart, model faults, bad input (~6 min)
+	@DATABASE_URL= scripts/db.sh start
+	@psql -X -q "$(LOCAL_URL)/postgres" -c 'drop database if exists $(CHAOS_DB) with (force)' \
+	  -c 'create database $(CHAOS_DB)'
+	@DATABASE_URL="$(LOCAL_URL)/$(CHAOS_DB)" scripts/migrate.sh
+	CHAOS_DATABASE_URL="$(LOCAL_URL)/$(CHAOS_DB)" deno run --allow-net --allow-env --allow-read \
+	  --allow-write --allow-run --allow-sys chaos/run.ts
+
 clean: db-stop ## Stop the database and remove it and the installed tools
 	rm -rf .db $(TOOLS) node_modules
 
