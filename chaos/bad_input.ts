@@ -12,8 +12,19 @@ import { createHandler } from "../runner/http.ts";
 import { createLogger } from "../runner/log.ts";
 import { createOfflineModel } from "../runner/model.ts";
 import {
-  asCaller, capture, check, checkEqual, DATABASE_URL, insertTasks, makeProjects, resetQueue,
-  say, type Scenario, SECRETS, sqlError, tablesChecksum,
+  asCaller,
+  capture,
+  check,
+  checkEqual,
+  DATABASE_URL,
+  insertTasks,
+  makeProjects,
+  resetQueue,
+  say,
+  type Scenario,
+  SECRETS,
+  sqlError,
+  tablesChecksum,
 } from "./lib.ts";
 
 interface HttpCase {
@@ -41,8 +52,16 @@ interface SqlCase {
 
 function rawRequest(headers: Record<string, string>, length: string, body: string): string {
   const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}`);
-  return ["POST / HTTP/1.1", "host: 127.0.0.1", "connection: close",
-    "content-type: application/json", `content-length: ${length}`, ...lines, "", body].join("\r\n");
+  return [
+    "POST / HTTP/1.1",
+    "host: 127.0.0.1",
+    "connection: close",
+    "content-type: application/json",
+    `content-length: ${length}`,
+    ...lines,
+    "",
+    body,
+  ].join("\r\n");
 }
 
 /** A chunked request whose body sends `bytes` and then stops without its last chunk. */
@@ -50,14 +69,24 @@ function chunkedRequest(headers: Record<string, string>, bytes: number): string 
   const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}`);
   const piece = `{"projectId": "` + "x".repeat(8000);
   const chunk = `${piece.length.toString(16)}\r\n${piece}\r\n`;
-  return ["POST / HTTP/1.1", "host: 127.0.0.1", "connection: close",
-    "content-type: application/json", "transfer-encoding: chunked", ...lines, "", ""]
+  return [
+    "POST / HTTP/1.1",
+    "host: 127.0.0.1",
+    "connection: close",
+    "content-type: application/json",
+    "transfer-encoding: chunked",
+    ...lines,
+    "",
+    "",
+  ]
     .join("\r\n") + chunk.repeat(Math.ceil(bytes / piece.length));
 }
 
 /** Sends a request as written and reads the answer until the server closes. */
-async function sendRaw(port: number, request: string): Promise<{ status: number; text: string;
-  contentType: string }> {
+async function sendRaw(
+  port: number,
+  request: string,
+): Promise<{ status: number; text: string; contentType: string }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   await conn.write(new TextEncoder().encode(request));
   const timer = setTimeout(() => conn.close(), 5000);
@@ -78,8 +107,11 @@ const nested = (depth: number) => "[".repeat(depth) + "]".repeat(depth);
 function httpCases(projectId: string, missingProject: string): HttpCase[] {
   const auth = { authorization: `Bearer ${SECRETS.httpSecret}` };
   const post = (body: unknown, status: number, field?: string): HttpCase => ({
-    name: `body ${JSON.stringify(body).slice(0, 60)}`, headers: auth,
-    body: JSON.stringify(body), status, field,
+    name: `body ${JSON.stringify(body).slice(0, 60)}`,
+    headers: auth,
+    body: JSON.stringify(body),
+    status,
+    field,
   });
   const files = (ctx: unknown, field: string) =>
     post({ projectId, projectFilesContext: ctx }, 400, field);
@@ -87,14 +119,30 @@ function httpCases(projectId: string, missingProject: string): HttpCase[] {
     { name: "GET", method: "GET", headers: auth, status: 405 },
     { name: "PUT", method: "PUT", headers: auth, body: "{}", status: 405 },
     { name: "no Authorization", body: "{}", status: 401 },
-    { name: "Basic auth", headers: { authorization: "Basic dXNlcjpwYXNz" }, body: "{}",
-      status: 401 },
-    { name: "wrong bearer", headers: { authorization: "Bearer not-the-secret" }, body: "{}",
-      status: 401 },
-    { name: "wrong x-runner-secret", headers: { "x-runner-secret": "nope" }, body: "{}",
-      status: 401 },
-    { name: "SQL in the bearer", headers: { authorization: "Bearer ' or 1=1 --" }, body: "{}",
-      status: 401 },
+    {
+      name: "Basic auth",
+      headers: { authorization: "Basic dXNlcjpwYXNz" },
+      body: "{}",
+      status: 401,
+    },
+    {
+      name: "wrong bearer",
+      headers: { authorization: "Bearer not-the-secret" },
+      body: "{}",
+      status: 401,
+    },
+    {
+      name: "wrong x-runner-secret",
+      headers: { "x-runner-secret": "nope" },
+      body: "{}",
+      status: 401,
+    },
+    {
+      name: "SQL in the bearer",
+      headers: { authorization: "Bearer ' or 1=1 --" },
+      body: "{}",
+      status: 401,
+    },
     { name: "empty bearer", headers: { authorization: "Bearer " }, body: "{}", status: 401 },
     { name: "not JSON", headers: auth, body: "{projectId: nope", status: 400 },
     { name: "JSON array", headers: auth, body: "[]", status: 400 },
@@ -127,25 +175,44 @@ function httpCases(projectId: string, missingProject: string): HttpCase[] {
     post({ type: "UPDATE", table: "ai_tasks", record: {} }, 400, "type"),
     post({ type: "INSERT", table: "projects", record: {} }, 400, "type"),
     post({ type: "INSERT", table: "ai_tasks", record: null }, 400, "record"),
-    post({ type: "INSERT", table: "ai_tasks", record: { project_id: "x" } }, 400,
-      "record.project_id"),
-    { name: "10 MB body", headers: auth, body: JSON.stringify({ projectId, pad: big(10 << 20) }),
-      status: 413 },
-    { name: "10 MB body without content-length", headers: auth, status: 413,
-      body: () => new Blob([JSON.stringify({ projectId, pad: big(10 << 20) })]).stream() },
-    { name: "content-length that claims 95 MB", raw: rawRequest(auth, "99999999", "{}"),
-      status: 413 },
+    post(
+      { type: "INSERT", table: "ai_tasks", record: { project_id: "x" } },
+      400,
+      "record.project_id",
+    ),
+    {
+      name: "10 MB body",
+      headers: auth,
+      body: JSON.stringify({ projectId, pad: big(10 << 20) }),
+      status: 413,
+    },
+    {
+      name: "10 MB body without content-length",
+      headers: auth,
+      status: 413,
+      body: () => new Blob([JSON.stringify({ projectId, pad: big(10 << 20) })]).stream(),
+    },
+    {
+      name: "content-length that claims 95 MB",
+      raw: rawRequest(auth, "99999999", "{}"),
+      status: 413,
+    },
     // A chunked body with no end in sight: the handler must stop reading at its limit
     // instead of waiting for (and holding) all of it.
     { name: "chunked body that never ends", raw: chunkedRequest(auth, 1 << 20), status: 413 },
-    { name: "JSON nested 30000 deep", headers: auth,
-      body: `{"projectId": ${nested(30_000)}}`, status: 400 },
+    {
+      name: "JSON nested 30000 deep",
+      headers: auth,
+      body: `{"projectId": ${nested(30_000)}}`,
+      status: 400,
+    },
     { name: "JSON nested 1 million deep", headers: auth, body: nested(1_000_000), status: 413 },
   ];
 }
 
-function sqlCases(p: { own: string; others: string; queued: string; othersTask: string }):
-  SqlCase[] {
+function sqlCases(
+  p: { own: string; others: string; queued: string; othersTask: string },
+): SqlCase[] {
   const missing = crypto.randomUUID();
   // Every argument goes as text and is cast by the server, as PostgREST does.
   const enqueue = (args: Record<string, string | number | null>) => (tx: postgres.Sql) => {
@@ -160,108 +227,263 @@ function sqlCases(p: { own: string; others: string; queued: string; othersTask: 
          priority => ${arg("priority", 0)}::text::int,
          max_attempts => ${arg("max_attempts", 3)}::text::int)`;
   };
-  const svc = (name: string, run: SqlCase["run"], code: string, argument?: string,
-    says?: RegExp): SqlCase => ({ name, as: "service", run, code, argument, says });
+  const svc = (
+    name: string,
+    run: SqlCase["run"],
+    code: string,
+    argument?: string,
+    says?: RegExp,
+  ): SqlCase => ({ name, as: "service", run, code, argument, says });
   const enqueueNull = (tx: postgres.Sql) => tx`select public.enqueue_ai_task(null::uuid)`;
   return [
     svc("enqueue: project_id null", enqueueNull, "22004", "project_id"),
-    svc("enqueue: project_id not a uuid",
-      (tx) => tx`select public.enqueue_ai_task(${"not-a-uuid"}::uuid)`, "22P02", undefined,
-      /uuid/),
-    svc("enqueue: project_id with SQL",
+    svc(
+      "enqueue: project_id not a uuid",
+      (tx) => tx`select public.enqueue_ai_task(${"not-a-uuid"}::uuid)`,
+      "22P02",
+      undefined,
+      /uuid/,
+    ),
+    svc(
+      "enqueue: project_id with SQL",
       (tx) => tx`select public.enqueue_ai_task(${"'); delete from public.ai_tasks; --"}::uuid)`,
-      "22P02", undefined, /uuid/),
-    svc("enqueue: unknown project", enqueue({ project_id: missing }), "AQ002", undefined,
-      /not found/),
+      "22P02",
+      undefined,
+      /uuid/,
+    ),
+    svc(
+      "enqueue: unknown project",
+      enqueue({ project_id: missing }),
+      "AQ002",
+      undefined,
+      /not found/,
+    ),
     svc("enqueue: unknown task type", enqueue({ type: "mine_bitcoin" }), "22023", "type"),
-    svc("enqueue: type with SQL", enqueue({ type: "chat_reply'; drop table public.ai_tasks;--" }),
-      "22023", "type"),
+    svc(
+      "enqueue: type with SQL",
+      enqueue({ type: "chat_reply'; drop table public.ai_tasks;--" }),
+      "22023",
+      "type",
+    ),
     svc("enqueue: type null", enqueue({ type: null }), "22004", "type"),
     svc("enqueue: payload an array", enqueue({ payload: "[1,2]" }), "22023", "payload"),
     svc("enqueue: payload a string", enqueue({ payload: '"x"' }), "22023", "payload"),
-    svc("enqueue: payload over 1 MiB",
-      enqueue({ payload: JSON.stringify({ pad: big(2 << 20) }) }), "22023", "payload"),
+    svc(
+      "enqueue: payload over 1 MiB",
+      enqueue({ payload: JSON.stringify({ pad: big(2 << 20) }) }),
+      "22023",
+      "payload",
+    ),
     svc("enqueue: payload not JSON", enqueue({ payload: "{nope" }), "22P02", undefined, /json/),
-    svc("enqueue: payload nested 200000 deep",
-      enqueue({ payload: `{"a": ${nested(200_000)}}` }), "54001", undefined, /stack depth/),
+    svc(
+      "enqueue: payload nested 200000 deep",
+      enqueue({ payload: `{"a": ${nested(200_000)}}` }),
+      "54001",
+      undefined,
+      /stack depth/,
+    ),
     svc("enqueue: 10 MB message", enqueue({ message: big(10 << 20) }), "22023", "message"),
     svc("enqueue: blank message", enqueue({ message: "   " }), "22023", "message"),
     svc("enqueue: model with a space", enqueue({ model: "gpt 4" }), "22023", "model"),
     svc("enqueue: model empty", enqueue({ model: "" }), "22023", "model"),
     svc("enqueue: priority 1000", enqueue({ priority: 1000 }), "22023", "priority"),
     svc("enqueue: max_attempts 0", enqueue({ max_attempts: 0 }), "22023", "max_attempts"),
-    svc("claim: worker_id empty", (tx) => tx`select * from public.claim_ai_task('')`, "22023",
-      "worker_id"),
-    svc("claim: worker_id null", (tx) => tx`select * from public.claim_ai_task(null)`, "22004",
-      "worker_id"),
-    svc("claim: batch_size 0", (tx) => tx`select * from public.claim_ai_task('w', null, 0)`,
-      "22023", "batch_size"),
-    svc("claim: lease_seconds 1",
-      (tx) => tx`select * from public.claim_ai_task('w', null, 1, 1)`, "22023", "lease_seconds"),
-    svc("claim: worker_id of 10 kB", (tx) => tx`select * from public.claim_ai_task(${big(10_000)})`,
-      "22023", "worker_id"),
-    svc("complete: task_id null",
-      (tx) => tx`select public.complete_ai_task(null, 1, 'x')`, "22004", "task_id"),
-    svc("complete: attempt 0",
-      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 0, 'x')`, "22023", "attempt"),
-    svc("complete: content null",
-      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, null)`, "22004", "content"),
-    svc("complete: content over 200000 characters",
-      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, ${big(200_001)})`, "22023",
-      "content"),
-    svc("complete: result an array",
-      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, 'x', '[]')`, "22023",
-      "result"),
-    svc("complete: a task not held",
-      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, 'x')`, "AQ001", undefined,
-      /not held/),
-    svc("complete: unknown task",
-      (tx) => tx`select public.complete_ai_task(${missing}::uuid, 1, 'x')`, "AQ002", undefined,
-      /not found/),
-    svc("fail: retryable null",
-      (tx) => tx`select public.fail_ai_task(${p.queued}::uuid, 1, 'e', null)`, "22004",
-      "retryable"),
-    svc("fail: retry_after_seconds -5",
-      (tx) => tx`select public.fail_ai_task(${p.queued}::uuid, 1, 'e', true, -5)`, "22023",
-      "retry_after_seconds"),
-    svc("fail: a task not held",
-      (tx) => tx`select public.fail_ai_task(${p.queued}::uuid, 1, 'e')`, "AQ001", undefined,
-      /not held/),
-    svc("extend: lease_seconds 0",
-      (tx) => tx`select public.extend_ai_task_lease(${p.queued}::uuid, 1, 0)`, "22023",
-      "lease_seconds"),
-    svc("snooze: retry_after_seconds 100000",
-      (tx) => tx`select public.snooze_ai_task(${p.queued}::uuid, 1, 100000)`, "22023",
-      "retry_after_seconds"),
-    svc("cancel: task_id null", (tx) => tx`select public.cancel_ai_task(null)`, "22004",
-      "task_id"),
-    svc("cancel: unknown task", (tx) => tx`select public.cancel_ai_task(${missing}::uuid)`,
-      "AQ002", undefined, /not found/),
-    svc("retry: a queued task", (tx) => tx`select public.retry_ai_task(${p.queued}::uuid)`,
-      "AQ003", undefined, /queued/),
-    svc("retry: extra_attempts -1",
-      (tx) => tx`select public.retry_ai_task(${p.queued}::uuid, -1)`, "22023", "extra_attempts"),
-    { name: "user: enqueue into another user's project", as: "owner", code: "AQ002",
-      run: enqueue({ project_id: p.others }), says: /not found/ },
-    { name: "user: enqueue with an unknown type", as: "owner", code: "22023",
-      run: enqueue({ type: "nope" }), argument: "type" },
-    { name: "user: enqueue with a 10 MB message", as: "owner", code: "22023",
-      run: enqueue({ message: big(10 << 20) }), argument: "message" },
-    { name: "user: cancel another user's task", as: "owner", code: "AQ002",
-      run: (tx) => tx`select public.cancel_ai_task(${p.othersTask}::uuid)`, says: /not found/ },
-    { name: "user: retry another user's task", as: "owner", code: "AQ002",
-      run: (tx) => tx`select public.retry_ai_task(${p.othersTask}::uuid)`, says: /not found/ },
-    { name: "user: claim", as: "owner", code: "42501",
-      run: (tx) => tx`select * from public.claim_ai_task('me')`, says: /permission denied/ },
-    { name: "user: complete its own task", as: "owner", code: "42501",
+    svc(
+      "claim: worker_id empty",
+      (tx) => tx`select * from public.claim_ai_task('')`,
+      "22023",
+      "worker_id",
+    ),
+    svc(
+      "claim: worker_id null",
+      (tx) => tx`select * from public.claim_ai_task(null)`,
+      "22004",
+      "worker_id",
+    ),
+    svc(
+      "claim: batch_size 0",
+      (tx) => tx`select * from public.claim_ai_task('w', null, 0)`,
+      "22023",
+      "batch_size",
+    ),
+    svc(
+      "claim: lease_seconds 1",
+      (tx) => tx`select * from public.claim_ai_task('w', null, 1, 1)`,
+      "22023",
+      "lease_seconds",
+    ),
+    svc(
+      "claim: worker_id of 10 kB",
+      (tx) => tx`select * from public.claim_ai_task(${big(10_000)})`,
+      "22023",
+      "worker_id",
+    ),
+    svc(
+      "complete: task_id null",
+      (tx) => tx`select public.complete_ai_task(null, 1, 'x')`,
+      "22004",
+      "task_id",
+    ),
+    svc(
+      "complete: attempt 0",
+      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 0, 'x')`,
+      "22023",
+      "attempt",
+    ),
+    svc(
+      "complete: content null",
+      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, null)`,
+      "22004",
+      "content",
+    ),
+    svc(
+      "complete: content over 200000 characters",
+      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, ${big(200_001)})`,
+      "22023",
+      "content",
+    ),
+    svc(
+      "complete: result an array",
+      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, 'x', '[]')`,
+      "22023",
+      "result",
+    ),
+    svc(
+      "complete: a task not held",
+      (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, 'x')`,
+      "AQ001",
+      undefined,
+      /not held/,
+    ),
+    svc(
+      "complete: unknown task",
+      (tx) => tx`select public.complete_ai_task(${missing}::uuid, 1, 'x')`,
+      "AQ002",
+      undefined,
+      /not found/,
+    ),
+    svc(
+      "fail: retryable null",
+      (tx) => tx`select public.fail_ai_task(${p.queued}::uuid, 1, 'e', null)`,
+      "22004",
+      "retryable",
+    ),
+    svc(
+      "fail: retry_after_seconds -5",
+      (tx) => tx`select public.fail_ai_task(${p.queued}::uuid, 1, 'e', true, -5)`,
+      "22023",
+      "retry_after_seconds",
+    ),
+    svc(
+      "fail: a task not held",
+      (tx) => tx`select public.fail_ai_task(${p.queued}::uuid, 1, 'e')`,
+      "AQ001",
+      undefined,
+      /not held/,
+    ),
+    svc(
+      "extend: lease_seconds 0",
+      (tx) => tx`select public.extend_ai_task_lease(${p.queued}::uuid, 1, 0)`,
+      "22023",
+      "lease_seconds",
+    ),
+    svc(
+      "snooze: retry_after_seconds 100000",
+      (tx) => tx`select public.snooze_ai_task(${p.queued}::uuid, 1, 100000)`,
+      "22023",
+      "retry_after_seconds",
+    ),
+    svc("cancel: task_id null", (tx) => tx`select public.cancel_ai_task(null)`, "22004", "task_id"),
+    svc(
+      "cancel: unknown task",
+      (tx) => tx`select public.cancel_ai_task(${missing}::uuid)`,
+      "AQ002",
+      undefined,
+      /not found/,
+    ),
+    svc(
+      "retry: a queued task",
+      (tx) => tx`select public.retry_ai_task(${p.queued}::uuid)`,
+      "AQ003",
+      undefined,
+      /queued/,
+    ),
+    svc(
+      "retry: extra_attempts -1",
+      (tx) => tx`select public.retry_ai_task(${p.queued}::uuid, -1)`,
+      "22023",
+      "extra_attempts",
+    ),
+    {
+      name: "user: enqueue into another user's project",
+      as: "owner",
+      code: "AQ002",
+      run: enqueue({ project_id: p.others }),
+      says: /not found/,
+    },
+    {
+      name: "user: enqueue with an unknown type",
+      as: "owner",
+      code: "22023",
+      run: enqueue({ type: "nope" }),
+      argument: "type",
+    },
+    {
+      name: "user: enqueue with a 10 MB message",
+      as: "owner",
+      code: "22023",
+      run: enqueue({ message: big(10 << 20) }),
+      argument: "message",
+    },
+    {
+      name: "user: cancel another user's task",
+      as: "owner",
+      code: "AQ002",
+      run: (tx) => tx`select public.cancel_ai_task(${p.othersTask}::uuid)`,
+      says: /not found/,
+    },
+    {
+      name: "user: retry another user's task",
+      as: "owner",
+      code: "AQ002",
+      run: (tx) => tx`select public.retry_ai_task(${p.othersTask}::uuid)`,
+      says: /not found/,
+    },
+    {
+      name: "user: claim",
+      as: "owner",
+      code: "42501",
+      run: (tx) => tx`select * from public.claim_ai_task('me')`,
+      says: /permission denied/,
+    },
+    {
+      name: "user: complete its own task",
+      as: "owner",
+      code: "42501",
       run: (tx) => tx`select public.complete_ai_task(${p.queued}::uuid, 1, 'x')`,
-      says: /permission denied/ },
-    { name: "user: a project id of the other user, as that user's owner", as: "other",
-      code: "AQ002", run: enqueue({ project_id: p.own }), says: /not found/ },
-    { name: "signed in without a user id: enqueue", as: "nosub", code: "42501",
-      run: enqueue({}), says: /no user id/ },
-    { name: "anon: enqueue", as: "anon", code: "42501", run: enqueue({}),
-      says: /permission denied/ },
+      says: /permission denied/,
+    },
+    {
+      name: "user: a project id of the other user, as that user's owner",
+      as: "other",
+      code: "AQ002",
+      run: enqueue({ project_id: p.own }),
+      says: /not found/,
+    },
+    {
+      name: "signed in without a user id: enqueue",
+      as: "nosub",
+      code: "42501",
+      run: enqueue({}),
+      says: /no user id/,
+    },
+    {
+      name: "anon: enqueue",
+      as: "anon",
+      code: "42501",
+      run: enqueue({}),
+      says: /permission denied/,
+    },
   ];
 }
 
@@ -277,9 +499,14 @@ export const scenario: Scenario = {
              (select owner_id from public.projects where id = ${others}::uuid) as other`;
 
     // The handler as the Edge Function runs it, on a port of its own.
-    const config = loadConfig({ DATABASE_URL, RUNNER_DB_CLIENT: "postgres",
-      RUNNER_HTTP_SECRET: SECRETS.httpSecret, RUNNER_LOG_FORMAT: "json",
-      RUNNER_WORKER_ID: "chaos-http", RUNNER_TIME_BUDGET_MS: "5000" });
+    const config = loadConfig({
+      DATABASE_URL,
+      RUNNER_DB_CLIENT: "postgres",
+      RUNNER_HTTP_SECRET: SECRETS.httpSecret,
+      RUNNER_LOG_FORMAT: "json",
+      RUNNER_WORKER_ID: "chaos-http",
+      RUNNER_TIME_BUDGET_MS: "5000",
+    });
     const db = createPostgresQueueDb(DATABASE_URL, 2);
     const log = createLogger("json", "runner", (line) => capture("http-handler.log", line));
     const handler = createHandler({ config, db, model: createOfflineModel(), log });
@@ -298,8 +525,11 @@ export const scenario: Scenario = {
         } else {
           const body = typeof c.body === "function" ? c.body() : c.body;
           const res = await fetch(url, { method: c.method ?? "POST", headers: c.headers, body });
-          [status, text, contentType] = [res.status, await res.text(),
-            res.headers.get("content-type") ?? ""];
+          [status, text, contentType] = [
+            res.status,
+            await res.text(),
+            res.headers.get("content-type") ?? "",
+          ];
         }
         capture("http-bodies.log", `${c.name}: ${status} ${text}`);
         let json: { error?: unknown; field?: unknown } = {};
@@ -338,11 +568,13 @@ export const scenario: Scenario = {
           (error.column === c.argument || error.message.startsWith(`${c.argument} `));
         const problems = [
           !error && "no error",
-          error && error.code !== c.code && `SQLSTATE ${error.code} (${error.message.slice(0, 120)}),` +
+          error && error.code !== c.code &&
+          `SQLSTATE ${error.code} (${error.message.slice(0, 120)}),` +
             ` expected ${c.code}`,
           error && c.argument !== undefined && !names && `does not name ${c.argument}: ` +
             error.message.slice(0, 120),
-          error && c.says && !c.says.test(error.message) && `message ${error.message.slice(0, 120)}`,
+          error && c.says && !c.says.test(error.message) &&
+          `message ${error.message.slice(0, 120)}`,
           before !== after && "the tables changed",
         ].filter(Boolean);
         if (problems.length > 0) failures.push(`SQL ${c.name}: ${problems.join("; ")}`);

@@ -16,8 +16,18 @@
 import postgres from "postgres";
 import { signJwt, startPostgrestStandin } from "../runner/testing/postgrest_standin.ts";
 import {
-  type ApiRole, capture, check, checkEqual, DATABASE_URL, insertTasks, makeProjects,
-  rememberSecret, resetQueue, say, type Scenario, SECRETS,
+  type ApiRole,
+  capture,
+  check,
+  checkEqual,
+  DATABASE_URL,
+  insertTasks,
+  makeProjects,
+  rememberSecret,
+  resetQueue,
+  say,
+  type Scenario,
+  SECRETS,
 } from "./lib.ts";
 
 type Result = "denied" | "none" | "allowed";
@@ -29,8 +39,13 @@ class Rollback extends Error {
 }
 
 /** Runs one statement as `role` (with `sub` as auth.uid()) and always rolls back. */
-async function attempt(sql: postgres.Sql, role: ApiRole, sub: string | null, statement: string,
-  searchPath?: string): Promise<{ result: Result; code?: string; rows: number }> {
+async function attempt(
+  sql: postgres.Sql,
+  role: ApiRole,
+  sub: string | null,
+  statement: string,
+  searchPath?: string,
+): Promise<{ result: Result; code?: string; rows: number }> {
   const claims = JSON.stringify(sub ? { role, sub } : { role });
   try {
     await sql.begin(async (tx) => {
@@ -49,8 +64,10 @@ async function attempt(sql: postgres.Sql, role: ApiRole, sub: string | null, sta
     }
     const code = String((error as { code?: string }).code);
     if (code === "42501") return { result: "denied", code, rows: 0 };
-    throw new Error(`${role} ${statement.slice(0, 120)}: unexpected ${code} ` +
-      `${(error as Error).message}`);
+    throw new Error(
+      `${role} ${statement.slice(0, 120)}: unexpected ${code} ` +
+        `${(error as Error).message}`,
+    );
   }
 }
 
@@ -71,55 +88,130 @@ function expectedTables(f: Fixture): Record<string, Record<string, [string, Resu
   // op -> [statement, as the other user, as the owner]
   return {
     projects: {
-      select: [`select count(*) as n from public.projects where id = '${f.ownProject}'`,
-        "none", "allowed"],
+      select: [
+        `select count(*) as n from public.projects where id = '${f.ownProject}'`,
+        "none",
+        "allowed",
+      ],
       insert: [`insert into public.projects (name) values ('mine')`, "allowed", "allowed"],
-      "insert for another owner": [`insert into public.projects (owner_id, name)
-        values ('${f.owner}', 'planted')`, "denied", "denied"],
-      "update name": [`update public.projects set name = 'renamed'
-        where id = '${f.ownProject}'`, "none", "allowed"],
-      "update running cap": [`update public.projects set max_running_tasks = 1000
-        where id = '${f.ownProject}'`, "denied", "denied"],
-      "update owner": [`update public.projects set owner_id = '${f.other}'
-        where id = '${f.ownProject}'`, "denied", "denied"],
+      "insert for another owner": [
+        `insert into public.projects (owner_id, name)
+        values ('${f.owner}', 'planted')`,
+        "denied",
+        "denied",
+      ],
+      "update name": [
+        `update public.projects set name = 'renamed'
+        where id = '${f.ownProject}'`,
+        "none",
+        "allowed",
+      ],
+      "update running cap": [
+        `update public.projects set max_running_tasks = 1000
+        where id = '${f.ownProject}'`,
+        "denied",
+        "denied",
+      ],
+      "update owner": [
+        `update public.projects set owner_id = '${f.other}'
+        where id = '${f.ownProject}'`,
+        "denied",
+        "denied",
+      ],
       delete: [`delete from public.projects where id = '${f.spareProject}'`, "none", "allowed"],
     },
     ai_tasks: {
-      select: [`select count(*) as n from public.ai_tasks where project_id = '${f.ownProject}'`,
-        "none", "allowed"],
-      insert: [`insert into public.ai_tasks (project_id, type)
-        values ('${f.ownProject}', 'chat_reply')`, "denied", "allowed"],
-      "insert running": [`insert into public.ai_tasks (project_id, type, status)
-        values ('${f.ownProject}', 'chat_reply', 'running')`, "denied", "denied"],
-      "insert with attempts": [`insert into public.ai_tasks (project_id, type, attempts)
-        values ('${f.ownProject}', 'chat_reply', 0)`, "denied", "denied"],
-      update: [`update public.ai_tasks set status = 'completed', result = '{}',
-        finished_at = now() where id = '${f.queued}'`, "denied", "denied"],
+      select: [
+        `select count(*) as n from public.ai_tasks where project_id = '${f.ownProject}'`,
+        "none",
+        "allowed",
+      ],
+      insert: [
+        `insert into public.ai_tasks (project_id, type)
+        values ('${f.ownProject}', 'chat_reply')`,
+        "denied",
+        "allowed",
+      ],
+      "insert running": [
+        `insert into public.ai_tasks (project_id, type, status)
+        values ('${f.ownProject}', 'chat_reply', 'running')`,
+        "denied",
+        "denied",
+      ],
+      "insert with attempts": [
+        `insert into public.ai_tasks (project_id, type, attempts)
+        values ('${f.ownProject}', 'chat_reply', 0)`,
+        "denied",
+        "denied",
+      ],
+      update: [
+        `update public.ai_tasks set status = 'completed', result = '{}',
+        finished_at = now() where id = '${f.queued}'`,
+        "denied",
+        "denied",
+      ],
       delete: [`delete from public.ai_tasks where id = '${f.queued}'`, "denied", "denied"],
     },
     chat_messages: {
-      select: [`select count(*) as n from public.chat_messages
-        where project_id = '${f.ownProject}'`, "none", "allowed"],
-      insert: [`insert into public.chat_messages (project_id, role, content)
-        values ('${f.ownProject}', 'user', 'hi')`, "denied", "allowed"],
-      "insert assistant": [`insert into public.chat_messages (project_id, role, content)
-        values ('${f.ownProject}', 'assistant', 'forged answer')`, "denied", "denied"],
-      "insert for a task": [`insert into public.chat_messages (project_id, role, content, task_id)
-        values ('${f.ownProject}', 'user', 'x', '${f.queued}')`, "denied", "denied"],
-      update: [`update public.chat_messages set content = 'edited'
-        where project_id = '${f.ownProject}'`, "denied", "denied"],
-      delete: [`delete from public.chat_messages where project_id = '${f.ownProject}'`,
-        "denied", "denied"],
+      select: [
+        `select count(*) as n from public.chat_messages
+        where project_id = '${f.ownProject}'`,
+        "none",
+        "allowed",
+      ],
+      insert: [
+        `insert into public.chat_messages (project_id, role, content)
+        values ('${f.ownProject}', 'user', 'hi')`,
+        "denied",
+        "allowed",
+      ],
+      "insert assistant": [
+        `insert into public.chat_messages (project_id, role, content)
+        values ('${f.ownProject}', 'assistant', 'forged answer')`,
+        "denied",
+        "denied",
+      ],
+      "insert for a task": [
+        `insert into public.chat_messages (project_id, role, content, task_id)
+        values ('${f.ownProject}', 'user', 'x', '${f.queued}')`,
+        "denied",
+        "denied",
+      ],
+      update: [
+        `update public.chat_messages set content = 'edited'
+        where project_id = '${f.ownProject}'`,
+        "denied",
+        "denied",
+      ],
+      delete: [
+        `delete from public.chat_messages where project_id = '${f.ownProject}'`,
+        "denied",
+        "denied",
+      ],
     },
     build_logs: {
-      select: [`select count(*) as n from public.build_logs where project_id = '${f.ownProject}'`,
-        "none", "allowed"],
-      insert: [`insert into public.build_logs (project_id, log_type, message)
-        values ('${f.ownProject}', 'info', 'forged')`, "denied", "denied"],
-      update: [`update public.build_logs set message = 'x'
-        where project_id = '${f.ownProject}'`, "denied", "denied"],
-      delete: [`delete from public.build_logs where project_id = '${f.ownProject}'`,
-        "denied", "denied"],
+      select: [
+        `select count(*) as n from public.build_logs where project_id = '${f.ownProject}'`,
+        "none",
+        "allowed",
+      ],
+      insert: [
+        `insert into public.build_logs (project_id, log_type, message)
+        values ('${f.ownProject}', 'info', 'forged')`,
+        "denied",
+        "denied",
+      ],
+      update: [
+        `update public.build_logs set message = 'x'
+        where project_id = '${f.ownProject}'`,
+        "denied",
+        "denied",
+      ],
+      delete: [
+        `delete from public.build_logs where project_id = '${f.ownProject}'`,
+        "denied",
+        "denied",
+      ],
     },
   };
 }
@@ -181,12 +273,21 @@ export const scenario: Scenario = {
         delete: [`delete from public.${table}`, "denied", "denied"],
       } as Record<string, [string, Result, Result]>;
       for (const [op, [statement, asOther, asOwner]] of Object.entries(plan)) {
-        expect(`anon ${op} ${table}`, (await attempt(sql, "anon", null, statement)).result,
-          "denied");
-        expect(`other user ${op} ${table}`,
-          (await attempt(sql, "authenticated", other, statement)).result, asOther);
-        expect(`owner ${op} ${table}`,
-          (await attempt(sql, "authenticated", owner, statement)).result, asOwner);
+        expect(
+          `anon ${op} ${table}`,
+          (await attempt(sql, "anon", null, statement)).result,
+          "denied",
+        );
+        expect(
+          `other user ${op} ${table}`,
+          (await attempt(sql, "authenticated", other, statement)).result,
+          asOther,
+        );
+        expect(
+          `owner ${op} ${table}`,
+          (await attempt(sql, "authenticated", owner, statement)).result,
+          asOwner,
+        );
       }
     }
 
@@ -195,8 +296,13 @@ export const scenario: Scenario = {
     // null, or an unused output of a subquery, is never called, so would
     // never meet its privilege check. Trigger functions cannot be called at all.
     const literal: Record<string, string> = {
-      uuid: "gen_random_uuid()", text: "'x'", integer: "1", boolean: "true", jsonb: "'{}'",
-      "timestamp with time zone": "now()", interval: "'1 s'",
+      uuid: "gen_random_uuid()",
+      text: "'x'",
+      integer: "1",
+      boolean: "true",
+      jsonb: "'{}'",
+      "timestamp with time zone": "now()",
+      interval: "'1 s'",
     };
     const internal = await sql`
       select p.proname,
@@ -217,14 +323,20 @@ export const scenario: Scenario = {
         } catch {
           got = "allowed"; // it ran, and failed on its arguments
         }
-        expect(`${role} execute ai_queue.${fn.proname}`, got === "denied" ? "denied" : "allowed",
-          allowed && role === "authenticated" ? "allowed" : "denied");
+        expect(
+          `${role} execute ai_queue.${fn.proname}`,
+          got === "denied" ? "denied" : "allowed",
+          allowed && role === "authenticated" ? "allowed" : "denied",
+        );
       }
     }
 
     // ---- public functions, through the PostgREST stand-in with real JWTs
-    const standin = await startPostgrestStandin({ databaseUrl: DATABASE_URL,
-      jwtSecret: SECRETS.jwtSecret, poolSize: 2 });
+    const standin = await startPostgrestStandin({
+      databaseUrl: DATABASE_URL,
+      jwtSecret: SECRETS.jwtSecret,
+      poolSize: 2,
+    });
     const now = Math.floor(Date.now() / 1000);
     const jwt = async (claims: Record<string, unknown>, secret = SECRETS.jwtSecret) =>
       rememberSecret(await signJwt({ iat: now, exp: now + 600, ...claims }, secret));
@@ -234,12 +346,21 @@ export const scenario: Scenario = {
       owner: await jwt({ role: "authenticated", sub: owner }),
       service: await jwt({ role: "service_role" }),
     };
-    const rpc = async (fn: string, token: string, args: Record<string, unknown>,
-      headers: Record<string, string> = {}) => {
+    const rpc = async (
+      fn: string,
+      token: string,
+      args: Record<string, unknown>,
+      headers: Record<string, string> = {},
+    ) => {
       const res = await fetch(`${standin.url}/rest/v1/rpc/${fn}`, {
-        method: "POST", body: JSON.stringify(args),
-        headers: { "content-type": "application/json", apikey: tokens.anon,
-          authorization: `Bearer ${token}`, ...headers },
+        method: "POST",
+        body: JSON.stringify(args),
+        headers: {
+          "content-type": "application/json",
+          apikey: tokens.anon,
+          authorization: `Bearer ${token}`,
+          ...headers,
+        },
       });
       const text = await res.text();
       capture("standin-bodies.log", `${fn}: ${res.status} ${text}`);
@@ -272,8 +393,12 @@ export const scenario: Scenario = {
       // Signed-in users may enqueue, cancel and retry their own tasks; nothing else.
       const ownerMay = new Set(["enqueue_ai_task", "cancel_ai_task", "retry_ai_task"]);
       for (const fn of functions) {
-        const args = Object.fromEntries((fn.names as string[]).map((name, i) =>
-          [name, argValue(name, (fn.types as string[])[i], f, fn.proname)]));
+        const args = Object.fromEntries(
+          (fn.names as string[]).map((
+            name,
+            i,
+          ) => [name, argValue(name, (fn.types as string[])[i], f, fn.proname)]),
+        );
         const anon = await rpc(fn.proname, tokens.anon, args);
         const asOther = await rpc(fn.proname, tokens.other, args);
         const asOwner = await rpc(fn.proname, tokens.owner, args);
@@ -283,10 +408,16 @@ export const scenario: Scenario = {
         const hidden = (r: { status: number; code: string }) => r.code === "AQ002";
         expect(`anon rpc ${fn.proname}`, denied(anon) ? "denied" : "allowed", "denied");
         // Another user's ids look like ids that do not exist.
-        expect(`other user rpc ${fn.proname}`, denied(asOther) || hidden(asOther) ? "denied"
-          : "allowed", "denied");
-        expect(`owner rpc ${fn.proname}`, asOwner.status < 300 ? "allowed" : "denied",
-          ownerMay.has(fn.proname) ? "allowed" : "denied");
+        expect(
+          `other user rpc ${fn.proname}`,
+          denied(asOther) || hidden(asOther) ? "denied" : "allowed",
+          "denied",
+        );
+        expect(
+          `owner rpc ${fn.proname}`,
+          asOwner.status < 300 ? "allowed" : "denied",
+          ownerMay.has(fn.proname) ? "allowed" : "denied",
+        );
         if (!ownerMay.has(fn.proname)) {
           checkEqual(asOwner.code, "42501", `owner rpc ${fn.proname}: denied by privilege`);
         }
@@ -295,11 +426,20 @@ export const scenario: Scenario = {
 
       // Tokens that must not get in at all.
       const forged = [
-        ["signed with another secret", await jwt({ role: "service_role" },
-          "another-secret-that-is-long-enough-000000")],
-        ["alg none", rememberSecret(`${btoa(JSON.stringify({ alg: "none", typ: "JWT" }))
-          .replace(/=+$/, "")}.${btoa(JSON.stringify({ role: "service_role" }))
-          .replace(/=+$/, "")}.`)],
+        [
+          "signed with another secret",
+          await jwt({ role: "service_role" }, "another-secret-that-is-long-enough-000000"),
+        ],
+        [
+          "alg none",
+          rememberSecret(`${
+            btoa(JSON.stringify({ alg: "none", typ: "JWT" }))
+              .replace(/=+$/, "")
+          }.${
+            btoa(JSON.stringify({ role: "service_role" }))
+              .replace(/=+$/, "")
+          }.`),
+        ],
         ["role postgres", await jwt({ role: "postgres" })],
         ["expired", await jwt({ role: "service_role", iat: now - 7200, exp: now - 3600 })],
         ["garbage", "not-a-jwt"],
@@ -309,8 +449,9 @@ export const scenario: Scenario = {
         functionCalls++;
         expect(`token ${name}`, r.status === 401 ? "denied" : "allowed", "denied");
       }
-      const profile = await rpc("reap_expired_leases", tokens.service, {},
-        { "content-profile": "ai_queue" });
+      const profile = await rpc("reap_expired_leases", tokens.service, {}, {
+        "content-profile": "ai_queue",
+      });
       functionCalls++;
       expect("rpc into schema ai_queue", profile.status === 406 ? "denied" : "allowed", "denied");
     } finally {
@@ -327,11 +468,14 @@ export const scenario: Scenario = {
       grant usage on schema chaos_evil to anon, authenticated, service_role;
       grant all on all tables in schema chaos_evil to anon, authenticated, service_role;`);
     const shadows: [string, string, string][] = [
-      ["btrim(text)", "text", "$1"], ["length(text)", "integer", "1"],
-      ["octet_length(text)", "integer", "1"], ["jsonb_typeof(jsonb)", "text", "'object'"],
-      ["now()", "timestamptz", "'2000-01-01'"], ["gen_random_uuid()", "uuid",
-        "'00000000-0000-4000-8000-000000000000'"],
-      ["pg_notify(text, text)", "void", ""], ["hashtext(text)", "integer", "0"],
+      ["btrim(text)", "text", "$1"],
+      ["length(text)", "integer", "1"],
+      ["octet_length(text)", "integer", "1"],
+      ["jsonb_typeof(jsonb)", "text", "'object'"],
+      ["now()", "timestamptz", "'2000-01-01'"],
+      ["gen_random_uuid()", "uuid", "'00000000-0000-4000-8000-000000000000'"],
+      ["pg_notify(text, text)", "void", ""],
+      ["hashtext(text)", "integer", "0"],
       ["array_to_string(anyarray, text)", "text", "''"],
     ];
     for (const [signature, returns, value] of shadows) {
@@ -348,14 +492,35 @@ export const scenario: Scenario = {
     let steered = 0;
     try {
       for (const path of paths) {
-        const enq = await attempt(sql, "authenticated", owner, `select count(*) as n from
-          public.enqueue_ai_task('${ownProject}', 'chat_reply', '{}', 'steer me')`, path);
-        const cancel = await attempt(sql, "authenticated", owner, `select count(*) as n from
-          public.cancel_ai_task('${queued}')`, path);
-        const claim = await attempt(sql, "service_role", null, `select count(*) as n from
-          public.claim_ai_task('chaos-steer', null, 5, 30)`, path);
-        check(enq.result === "allowed" && cancel.result === "allowed" &&
-          claim.result === "allowed", `the calls run with search_path ${path}`);
+        const enq = await attempt(
+          sql,
+          "authenticated",
+          owner,
+          `select count(*) as n from
+          public.enqueue_ai_task('${ownProject}', 'chat_reply', '{}', 'steer me')`,
+          path,
+        );
+        const cancel = await attempt(
+          sql,
+          "authenticated",
+          owner,
+          `select count(*) as n from
+          public.cancel_ai_task('${queued}')`,
+          path,
+        );
+        const claim = await attempt(
+          sql,
+          "service_role",
+          null,
+          `select count(*) as n from
+          public.claim_ai_task('chaos-steer', null, 5, 30)`,
+          path,
+        );
+        check(
+          enq.result === "allowed" && cancel.result === "allowed" &&
+            claim.result === "allowed",
+          `the calls run with search_path ${path}`,
+        );
       }
       // Rolled back with the calls: count what the shadows saw in a committed probe.
       await sql.begin(async (tx) => {

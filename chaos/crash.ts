@@ -9,8 +9,19 @@
 
 import postgres from "postgres";
 import {
-  check, checkEqual, insertTasks, makeProjects, type Proc, queueFigures, resetQueue, say,
-  type Scenario, sleep, startFakeModel, startWorker, waitFor,
+  check,
+  checkEqual,
+  insertTasks,
+  makeProjects,
+  type Proc,
+  queueFigures,
+  resetQueue,
+  say,
+  type Scenario,
+  sleep,
+  startFakeModel,
+  startWorker,
+  waitFor,
 } from "./lib.ts";
 
 const LEASE_SECONDS = 5;
@@ -47,10 +58,16 @@ export const scenario: Scenario = {
   name: "crash",
   async run(sql) {
     await resetQueue(sql);
-    const fake = await startFakeModel("crash-fake", "chaos/fake_model.ts",
-      ["--latency-ms", "2500"]);
-    const env = { RUNNER_LEASE_SECONDS: String(LEASE_SECONDS), RUNNER_CONCURRENCY: "4",
-      RUNNER_BATCH_SIZE: "4", RUNNER_SHUTDOWN_GRACE_MS: "0" };
+    const fake = await startFakeModel("crash-fake", "chaos/fake_model.ts", [
+      "--latency-ms",
+      "2500",
+    ]);
+    const env = {
+      RUNNER_LEASE_SECONDS: String(LEASE_SECONDS),
+      RUNNER_CONCURRENCY: "4",
+      RUNNER_BATCH_SIZE: "4",
+      RUNNER_SHUTDOWN_GRACE_MS: "0",
+    };
     const workers: Proc[] = [];
     const start = (name: string) => {
       const w = startWorker({ name, modelUrl: fake.url, env });
@@ -62,8 +79,11 @@ export const scenario: Scenario = {
       const projects = await makeProjects(sql, 10);
       const [killed, frozen, w3, w4] = ["crash-w1", "crash-w2", "crash-w3", "crash-w4"]
         .map(start);
-      await Promise.all(workers.map((w) => w.waitForEvent(`${w.name} started`, 60_000,
-        (e) => e.event === "worker_started")));
+      await Promise.all(
+        workers.map((w) =>
+          w.waitForEvent(`${w.name} started`, 60_000, (e) => e.event === "worker_started")
+        ),
+      );
       const ids = await insertTasks(sql, projects, TASKS, { text: "crash" });
 
       const killedHeld = await waitFor("crash-w1 holds tasks", 20_000, async () => {
@@ -79,10 +99,16 @@ export const scenario: Scenario = {
       frozen.kill("SIGSTOP");
       const frozenAt = Date.now();
 
-      await waitFor("the killed worker's tasks completed by others", 60_000,
-        async () => await takenOver(sql, killedHeld) === killedHeld.length);
-      await waitFor("the frozen worker's tasks completed by others", 60_000,
-        async () => await takenOver(sql, frozenHeld) === frozenHeld.length);
+      await waitFor(
+        "the killed worker's tasks completed by others",
+        60_000,
+        async () => await takenOver(sql, killedHeld) === killedHeld.length,
+      );
+      await waitFor(
+        "the frozen worker's tasks completed by others",
+        60_000,
+        async () => await takenOver(sql, frozenHeld) === frozenHeld.length,
+      );
       const frozenSeconds = (Date.now() - frozenAt) / 1000;
       frozen.kill("SIGCONT");
 
@@ -91,9 +117,15 @@ export const scenario: Scenario = {
       // write noticed first, it never sends one.
       const woken: Record<string, unknown>[] = [];
       for (const h of frozenHeld) {
-        woken.push(await frozen.waitForEvent(`crash-w2 logs that task ${h.id} is no longer its`,
-          30_000, (e) => e.event === "cancelled" && e.task_id === h.id &&
-            e.attempt === h.attempts));
+        woken.push(
+          await frozen.waitForEvent(
+            `crash-w2 logs that task ${h.id} is no longer its`,
+            30_000,
+            (e) =>
+              e.event === "cancelled" && e.task_id === h.id &&
+              e.attempt === h.attempts,
+          ),
+        );
       }
       const refusedAq001 = woken.filter((e) => e.code === "AQ001").length;
       // The fencing itself, as the woken worker's complete meets it.
@@ -106,28 +138,40 @@ export const scenario: Scenario = {
       }
       checkEqual(refused, "AQ001", "a complete by the superseded attempt");
 
-      await waitFor("all crash tasks finished", 120_000, async () =>
-        (await queueFigures(sql, ids)).unfinished === 0, 250);
+      await waitFor(
+        "all crash tasks finished",
+        120_000,
+        async () => (await queueFigures(sql, ids)).unfinished === 0,
+        250,
+      );
       const f = await queueFigures(sql, ids);
       const expired = await leaseExpiries(sql, [...killedHeld, ...frozenHeld]);
-      const frozenCompleted = frozen.events().filter((e) => e.event === "completed" &&
-        frozenHeld.some((h) => h.id === e.task_id)).length;
+      const frozenCompleted = frozen.events().filter((e) =>
+        e.event === "completed" &&
+        frozenHeld.some((h) => h.id === e.task_id)
+      ).length;
 
       // ---- 3: the task that kills every worker.
       for (const w of [frozen, w3, w4]) await w.stop();
       const [poisonProject] = await makeProjects(sql, 1);
-      const [poison] = await insertTasks(sql, [poisonProject], 1,
-        { text: "hang-forever", maxAttempts: 3 });
+      const [poison] = await insertTasks(sql, [poisonProject], 1, {
+        text: "hang-forever",
+        maxAttempts: 3,
+      });
       let kills = 0;
       for (let n = 1; kills < 10; n++) {
         const w = start(`crash-poison-w${n}`);
-        const state = await waitFor(`crash-poison-w${n} claims the poison task or it fails`,
-          60_000, async () => {
+        const state = await waitFor(
+          `crash-poison-w${n} claims the poison task or it fails`,
+          60_000,
+          async () => {
             const [t] = await sql`select status, locked_by from public.ai_tasks
                                   where id = ${poison}::uuid`;
             if (t.status === "failed") return "failed";
             return t.status === "running" && t.locked_by === w.name ? "held" : null;
-          }, 50);
+          },
+          50,
+        );
         if (state === "failed") {
           await w.stop();
           break;
@@ -138,7 +182,8 @@ export const scenario: Scenario = {
         await w.status;
       }
       await sleep(LEASE_SECONDS * 1000 + 1500); // a loop would claim it again by now
-      const [p] = await sql`select status, attempts, max_attempts, jsonb_array_length(errors) as errs,
+      const [p] =
+        await sql`select status, attempts, max_attempts, jsonb_array_length(errors) as errs,
                                    error from public.ai_tasks where id = ${poison}::uuid`;
 
       const line = `tasks=${ids.length} workers=4 lease_s=${LEASE_SECONDS} ` +
@@ -154,11 +199,17 @@ export const scenario: Scenario = {
 
       checkEqual(f.byStatus.completed ?? 0, TASKS, "crash tasks completed");
       checkEqual(f.duplicates + f.missingAnswers, 0, "tasks without exactly one answer");
-      checkEqual(expired, killedHeld.length + frozenHeld.length,
-        "taken-over tasks whose lease expired first");
+      checkEqual(
+        expired,
+        killedHeld.length + frozenHeld.length,
+        "taken-over tasks whose lease expired first",
+      );
       checkEqual(frozenCompleted, 0, "completions the frozen worker claims for taken-over tasks");
-      checkEqual([p.status, p.attempts, p.errs], ["failed", 3, 3],
-        "the poison task: status, attempts, errors");
+      checkEqual(
+        [p.status, p.attempts, p.errs],
+        ["failed", 3, 3],
+        "the poison task: status, attempts, errors",
+      );
       checkEqual(kills, 3, "workers killed by the poison task");
       check(/lease of attempt 3 expired/.test(p.error), `poison error says why: ${p.error}`);
       return { figures: line };

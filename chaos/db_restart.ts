@@ -5,8 +5,20 @@
 // one fast stop and start, a few seconds.
 
 import {
-  capture, check, checkEqual, insertTasks, makeProjects, type Proc, queueFigures, resetQueue,
-  ROOT, say, type Scenario, sleep, startWorker, waitFor,
+  capture,
+  check,
+  checkEqual,
+  insertTasks,
+  makeProjects,
+  type Proc,
+  queueFigures,
+  resetQueue,
+  ROOT,
+  say,
+  type Scenario,
+  sleep,
+  startWorker,
+  waitFor,
 } from "./lib.ts";
 
 const WORKERS = 6;
@@ -18,8 +30,12 @@ async function restartCluster(): Promise<void> {
   // db.sh leaves the cluster alone when DATABASE_URL names another database.
   delete env.DATABASE_URL;
   const out = await new Deno.Command("bash", {
-    args: [`${ROOT}/scripts/db.sh`, "restart"], env, clearEnv: true, cwd: ROOT,
-    stdout: "piped", stderr: "piped",
+    args: [`${ROOT}/scripts/db.sh`, "restart"],
+    env,
+    clearEnv: true,
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
   }).output();
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   capture("db_restart.out", text);
@@ -33,15 +49,24 @@ export const scenario: Scenario = {
     const projects = await makeProjects(sql, 50);
     const workers: Proc[] = [];
     for (let i = 0; i < WORKERS; i++) {
-      workers.push(startWorker({ name: `restart-w${i + 1}`, env: {
-        RUNNER_OFFLINE_DELAY_MS: "200", RUNNER_CONCURRENCY: "8", RUNNER_BATCH_SIZE: "8",
-        // A claim whose answer the restart cuts off has still committed: the
-        // worker never learns of its tasks, and they wait out their lease.
-        RUNNER_LEASE_SECONDS: String(LEASE_SECONDS) } }));
+      workers.push(startWorker({
+        name: `restart-w${i + 1}`,
+        env: {
+          RUNNER_OFFLINE_DELAY_MS: "200",
+          RUNNER_CONCURRENCY: "8",
+          RUNNER_BATCH_SIZE: "8",
+          // A claim whose answer the restart cuts off has still committed: the
+          // worker never learns of its tasks, and they wait out their lease.
+          RUNNER_LEASE_SECONDS: String(LEASE_SECONDS),
+        },
+      }));
     }
     try {
-      await Promise.all(workers.map((w) => w.waitForEvent(`${w.name} started`, 60_000,
-        (e) => e.event === "worker_started")));
+      await Promise.all(
+        workers.map((w) =>
+          w.waitForEvent(`${w.name} started`, 60_000, (e) => e.event === "worker_started")
+        ),
+      );
       const ids = await insertTasks(sql, projects, TASKS, { text: "restart" });
       const started = performance.now();
       await waitFor("a quarter of the tasks done", 120_000, async () => {
@@ -64,19 +89,26 @@ export const scenario: Scenario = {
       }, 100);
       const downtime = (performance.now() - down) / 1000;
 
-      await waitFor("every task finished after the restart", 180_000, async () =>
-        (await queueFigures(sql, ids)).unfinished === 0, 250);
+      await waitFor(
+        "every task finished after the restart",
+        180_000,
+        async () => (await queueFigures(sql, ids)).unfinished === 0,
+        250,
+      );
       const seconds = (performance.now() - started) / 1000;
       await sleep(200);
       const codes = await Promise.all(workers.map((w) => w.stop()));
       const f = await queueFigures(sql, ids);
 
-      const saw = (event: string) => workers.filter((w) =>
-        w.events().some((e) => e.event === event)).length;
-      const count = (event: string) => workers.reduce((n, w) =>
-        n + w.events().filter((e) => e.event === event).length, 0);
-      const noticed = workers.filter((w) => w.events().some((e) =>
-        ["db_unavailable", "db_retry", "listen_lost"].includes(String(e.event)))).length;
+      const saw = (event: string) =>
+        workers.filter((w) => w.events().some((e) => e.event === event)).length;
+      const count = (event: string) =>
+        workers.reduce((n, w) => n + w.events().filter((e) => e.event === event).length, 0);
+      const noticed = workers.filter((w) =>
+        w.events().some((e) =>
+          ["db_unavailable", "db_retry", "listen_lost"].includes(String(e.event))
+        )
+      ).length;
       const [{ twice, expired, spent }] = await sql`
         select
           (select count(*)::int from (
@@ -109,7 +141,13 @@ export const scenario: Scenario = {
       checkEqual(saw("listen_restored"), WORKERS, "workers that logged listen_restored");
       checkEqual(spent, 0, "tasks with an attempt failed by the restart (writes are retried)");
       checkEqual(count("unrecorded"), 0, "outcomes given up on (left to the lease)");
-      checkEqual(codes.map((c) => c.code), workers.map(() => 0), "worker exit codes");
+      checkEqual(
+        codes.map((c) =>
+          c.code
+        ),
+        workers.map(() => 0),
+        "worker exit codes",
+      );
       return { figures: line };
     } finally {
       await Promise.all(workers.map((w) => w.stop()));

@@ -46,8 +46,12 @@ export function checkEqual<T>(actual: T, expected: T, message: string): void {
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls `probe` until it returns a truthy value; fails with `what` after `ms`. */
-export async function waitFor<T>(what: string, ms: number, probe: () => Promise<T> | T,
-  everyMs = 100): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  what: string,
+  ms: number,
+  probe: () => Promise<T> | T,
+  everyMs = 100,
+): Promise<NonNullable<T>> {
   const until = Date.now() + ms;
   for (;;) {
     const value = await probe();
@@ -91,7 +95,12 @@ export class Proc {
   constructor(readonly name: string, args: string[], env: Record<string, string>) {
     this.#file = Deno.openSync(`${LOG_DIR}/${name}.log`, { create: true, append: true });
     this.#child = new Deno.Command(Deno.execPath(), {
-      args, env, cwd: ROOT, stdin: "null", stdout: "piped", stderr: "piped",
+      args,
+      env,
+      cwd: ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
     }).spawn();
     this.#pumped = Promise.all([this.#pump(this.#child.stdout), this.#pump(this.#child.stderr)])
       .then(() => {});
@@ -201,12 +210,17 @@ export interface FakeModel {
 }
 
 /** A fake OpenAI-compatible model as a process: the shared CLI or chaos/fake_model.ts. */
-export async function startFakeModel(name: string, script: string, args: string[]):
-  Promise<FakeModel> {
-  const proc = new Proc(name, ["run", "--allow-net", script, "--port", "0", ...args],
-    baseEnv());
-  const line = await waitFor(`${name} prints its URL`, 30_000,
-    () => proc.lines.find((l) => l.startsWith('{"url"')));
+export async function startFakeModel(
+  name: string,
+  script: string,
+  args: string[],
+): Promise<FakeModel> {
+  const proc = new Proc(name, ["run", "--allow-net", script, "--port", "0", ...args], baseEnv());
+  const line = await waitFor(
+    `${name} prints its URL`,
+    30_000,
+    () => proc.lines.find((l) => l.startsWith('{"url"')),
+  );
   const url = JSON.parse(line).url as string;
   return {
     url,
@@ -236,8 +250,11 @@ export async function resetQueue(sql: postgres.Sql): Promise<void> {
 }
 
 /** Creates `n` users with one project each (running cap `cap`); returns project ids. */
-export async function makeProjects(sql: postgres.Sql, n: number, cap: number | null = null):
-  Promise<string[]> {
+export async function makeProjects(
+  sql: postgres.Sql,
+  n: number,
+  cap: number | null = null,
+): Promise<string[]> {
   const rows = await sql`
     with u as (
       insert into auth.users (email)
@@ -255,8 +272,12 @@ export async function makeProjects(sql: postgres.Sql, n: number, cap: number | n
  * Inserts `count` chat_reply tasks, each with its user message, round-robin
  * over `projects`, in one statement (a bulk insert as a backend would do).
  */
-export async function insertTasks(sql: postgres.Sql, projects: string[], count: number,
-  opts: { text?: string; maxAttempts?: number; offset?: number } = {}): Promise<string[]> {
+export async function insertTasks(
+  sql: postgres.Sql,
+  projects: string[],
+  count: number,
+  opts: { text?: string; maxAttempts?: number; offset?: number } = {},
+): Promise<string[]> {
   const text = opts.text ?? "hello";
   const rows = await sql`
     with t as (
@@ -349,8 +370,12 @@ export type ApiRole = "anon" | "authenticated" | "service_role";
  * Runs `fn` in a transaction as PostgREST would for a request: the API role
  * and the JWT claims set locally, so RLS and auth.uid() see a real caller.
  */
-export function asCaller<T>(sql: postgres.Sql, role: ApiRole, sub: string | null,
-  fn: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+export function asCaller<T>(
+  sql: postgres.Sql,
+  role: ApiRole,
+  sub: string | null,
+  fn: (tx: postgres.TransactionSql) => Promise<T>,
+): Promise<T> {
   const claims = JSON.stringify(sub ? { role, sub } : { role });
   return sql.begin(async (tx) => {
     await tx`select pg_catalog.set_config('role', ${role}, true),
@@ -360,8 +385,9 @@ export function asCaller<T>(sql: postgres.Sql, role: ApiRole, sub: string | null
 }
 
 /** The SQLSTATE and message of a database error, or null when `run` succeeded. */
-export async function sqlError(run: () => Promise<unknown>):
-  Promise<{ code: string; message: string; column: string | null } | null> {
+export async function sqlError(
+  run: () => Promise<unknown>,
+): Promise<{ code: string; message: string; column: string | null } | null> {
   try {
     await run();
     return null;

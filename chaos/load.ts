@@ -3,8 +3,18 @@
 // exactly once with exactly one assistant message, and nothing may be left.
 
 import {
-  check, checkEqual, insertTasks, makeProjects, type Proc, queueFigures, resetQueue, say,
-  type Scenario, sleep, startWorker, waitFor,
+  check,
+  checkEqual,
+  insertTasks,
+  makeProjects,
+  type Proc,
+  queueFigures,
+  resetQueue,
+  say,
+  type Scenario,
+  sleep,
+  startWorker,
+  waitFor,
 } from "./lib.ts";
 
 const WORKERS = 16;
@@ -14,8 +24,11 @@ const BATCH = 500;
 
 /** The resident memory of the processes together, in MiB, as ps reports it. */
 async function rssMiB(pids: number[]): Promise<number> {
-  const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", pids.join(",")],
-    stdout: "piped", stderr: "null" }).output();
+  const out = await new Deno.Command("ps", {
+    args: ["-o", "rss=", "-p", pids.join(",")],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
   const kb = new TextDecoder().decode(out.stdout).split(/\s+/).filter(Boolean)
     .reduce((n, v) => n + Number(v), 0);
   return Math.round(kb / 1024);
@@ -32,12 +45,20 @@ export const scenario: Scenario = {
 
     const workers: Proc[] = [];
     for (let i = 0; i < WORKERS; i++) {
-      workers.push(startWorker({ name: `load-w${i + 1}`, env: {
-        RUNNER_CONCURRENCY: "10", RUNNER_BATCH_SIZE: "10" } }));
+      workers.push(startWorker({
+        name: `load-w${i + 1}`,
+        env: {
+          RUNNER_CONCURRENCY: "10",
+          RUNNER_BATCH_SIZE: "10",
+        },
+      }));
     }
     try {
-      await Promise.all(workers.map((w) => w.waitForEvent(`${w.name} started`, 60_000,
-        (e) => e.event === "worker_started")));
+      await Promise.all(
+        workers.map((w) =>
+          w.waitForEvent(`${w.name} started`, 60_000, (e) => e.event === "worker_started")
+        ),
+      );
 
       let peakRss = 0;
       let peakConnections = 0;

@@ -6,8 +6,18 @@
 // until they succeed or run out of attempts; nothing is left queued or running.
 
 import {
-  check, checkEqual, insertTasks, makeProjects, type Proc, queueFigures, resetQueue, say,
-  type Scenario, startFakeModel, startWorker, waitFor,
+  check,
+  checkEqual,
+  insertTasks,
+  makeProjects,
+  type Proc,
+  queueFigures,
+  resetQueue,
+  say,
+  type Scenario,
+  startFakeModel,
+  startWorker,
+  waitFor,
 } from "./lib.ts";
 
 const WORKERS = 4;
@@ -19,25 +29,44 @@ export const scenario: Scenario = {
   async run(sql) {
     await resetQueue(sql);
     const fake = await startFakeModel("faults-fake", "runner/testing/fake_openai.ts", [
-      "--fault-rate", String(FAULT_RATE), "--latency-ms", "100", "--hang-ms", "30000",
-      "--seed", "42",
+      "--fault-rate",
+      String(FAULT_RATE),
+      "--latency-ms",
+      "100",
+      "--hang-ms",
+      "30000",
+      "--seed",
+      "42",
     ]);
     const projects = await makeProjects(sql, 50);
     const workers: Proc[] = [];
     let counts: Record<string, number> = {};
     try {
       for (let i = 0; i < WORKERS; i++) {
-        workers.push(startWorker({ name: `faults-w${i + 1}`, modelUrl: fake.url, env: {
-          RUNNER_MODEL_TIMEOUT_MS: "3000", RUNNER_CONCURRENCY: "20", RUNNER_BATCH_SIZE: "20",
-        } }));
+        workers.push(startWorker({
+          name: `faults-w${i + 1}`,
+          modelUrl: fake.url,
+          env: {
+            RUNNER_MODEL_TIMEOUT_MS: "3000",
+            RUNNER_CONCURRENCY: "20",
+            RUNNER_BATCH_SIZE: "20",
+          },
+        }));
       }
-      await Promise.all(workers.map((w) => w.waitForEvent(`${w.name} started`, 60_000,
-        (e) => e.event === "worker_started")));
+      await Promise.all(
+        workers.map((w) =>
+          w.waitForEvent(`${w.name} started`, 60_000, (e) => e.event === "worker_started")
+        ),
+      );
       const started = performance.now();
       const ids = await insertTasks(sql, projects, TASKS, { text: "faults", maxAttempts: 3 });
       // The slowest path: two failures with 5 s and 10 s backoff (+25% jitter).
-      await waitFor("every faulted task finished", 180_000, async () =>
-        (await queueFigures(sql, ids)).unfinished === 0, 500);
+      await waitFor(
+        "every faulted task finished",
+        180_000,
+        async () => (await queueFigures(sql, ids)).unfinished === 0,
+        500,
+      );
       const seconds = (performance.now() - started) / 1000;
       await Promise.all(workers.map((w) => w.stop()));
       counts = await fake.stop();
@@ -75,18 +104,32 @@ export const scenario: Scenario = {
 
       checkEqual(f.unfinished, 0, "tasks left queued or running");
       checkEqual(f.total, TASKS, "tasks");
-      checkEqual((f.byStatus.completed ?? 0) + (f.byStatus.failed ?? 0), TASKS,
-        "tasks completed or failed");
+      checkEqual(
+        (f.byStatus.completed ?? 0) + (f.byStatus.failed ?? 0),
+        TASKS,
+        "tasks completed or failed",
+      );
       checkEqual(f.duplicates + f.missingAnswers, 0, "completed tasks without exactly one answer");
-      checkEqual(t.failed_402, counts.payment_required_402 ?? 0,
-        "tasks failed by 402 (each 402 ends its task at once)");
+      checkEqual(
+        t.failed_402,
+        counts.payment_required_402 ?? 0,
+        "tasks failed by 402 (each 402 ends its task at once)",
+      );
       checkEqual(t.bad_402, 0, "402 failures recorded as retryable");
       checkEqual(t.failed_early, 0, "tasks failed by a retryable fault before their last attempt");
       checkEqual(t.wrongly_final, 0, "retryable faults recorded as not retryable");
       checkEqual(t.over_max, 0, "tasks over max_attempts");
       checkEqual(served, t.attempts, "model calls = attempts (one call per claim)");
-      for (const kind of ["rate_limited_429", "server_error_500", "bad_gateway_502", "hang",
-        "stream_error", "payment_required_402"]) {
+      for (
+        const kind of [
+          "rate_limited_429",
+          "server_error_500",
+          "bad_gateway_502",
+          "hang",
+          "stream_error",
+          "payment_required_402",
+        ]
+      ) {
         check((counts[kind] ?? 0) > 0, `the fake served at least one ${kind}`);
       }
       check(t.snoozes > 0, "some 429s were snoozed");

@@ -57,8 +57,10 @@ const width = Math.max(...results.map((r) => r.name.length));
 say("");
 say(`${"scenario".padEnd(width)}  result  seconds  figures`);
 for (const r of results) {
-  say(`${r.name.padEnd(width)}  ${(r.ok ? "pass" : "FAIL").padEnd(6)}  ` +
-    `${r.seconds.toFixed(1).padStart(7)}  ${r.line}`);
+  say(
+    `${r.name.padEnd(width)}  ${(r.ok ? "pass" : "FAIL").padEnd(6)}  ` +
+      `${r.seconds.toFixed(1).padStart(7)}  ${r.line}`,
+  );
 }
 const passed = results.filter((r) => r.ok).length;
 say("");

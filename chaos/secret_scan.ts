@@ -4,9 +4,7 @@
 // keys, secrets and JWTs this run used, and for anything shaped like a JWT
 // or an OpenRouter key. Run last, so it reads what all the others wrote.
 
-import {
-  allSecrets, check, checkEqual, LOG_DIR, say, type Scenario, SECRETS,
-} from "./lib.ts";
+import { allSecrets, check, checkEqual, LOG_DIR, say, type Scenario, SECRETS } from "./lib.ts";
 
 // A JWT (header.payload.signature, the first two base64url JSON objects),
 // a bearer header with its token, or an OpenRouter-style key.
@@ -28,10 +26,16 @@ export const scenario: Scenario = {
   run() {
     const secrets = allSecrets();
     // The scanner must find what it looks for, or zero hits would prove nothing.
-    checkEqual(hits(`x ${SECRETS.openrouterKey} y`, secrets).length >= 1, true,
-      "the scan finds a planted key");
-    checkEqual(hits("authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.abc",
-      []).length >= 1, true, "the scan finds a planted JWT");
+    checkEqual(
+      hits(`x ${SECRETS.openrouterKey} y`, secrets).length >= 1,
+      true,
+      "the scan finds a planted key",
+    );
+    checkEqual(
+      hits("authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.abc", []).length >= 1,
+      true,
+      "the scan finds a planted JWT",
+    );
 
     let files = 0, bytes = 0;
     const leaks: string[] = [];

@@ -6,8 +6,19 @@
 // draining worker then completes everything exactly once.
 
 import {
-  check, checkEqual, insertTasks, makeProjects, type Proc, queueFigures, resetQueue, say,
-  type Scenario, sleep, startFakeModel, startWorker, waitFor,
+  check,
+  checkEqual,
+  insertTasks,
+  makeProjects,
+  type Proc,
+  queueFigures,
+  resetQueue,
+  say,
+  type Scenario,
+  sleep,
+  startFakeModel,
+  startWorker,
+  waitFor,
 } from "./lib.ts";
 
 const TASKS = 40;
@@ -23,38 +34,55 @@ async function heldBy(sql: import("postgres").Sql, worker: string): Promise<Held
     select id, attempts, max_attempts from public.ai_tasks
     where status = 'running' and locked_by = ${worker}`;
   // A running task's attempt is spent already; before its claim one more remained.
-  return rows.map((r) => ({ id: String(r.id), attempts: Number(r.attempts),
-    remaining: Number(r.max_attempts) - Number(r.attempts) + 1 }));
+  return rows.map((r) => ({
+    id: String(r.id),
+    attempts: Number(r.attempts),
+    remaining: Number(r.max_attempts) - Number(r.attempts) + 1,
+  }));
 }
 
 export const scenario: Scenario = {
   name: "shutdown",
   async run(sql) {
     await resetQueue(sql);
-    const fake = await startFakeModel("shutdown-fake", "chaos/fake_model.ts",
-      ["--latency-ms", "4000"]);
+    const fake = await startFakeModel("shutdown-fake", "chaos/fake_model.ts", [
+      "--latency-ms",
+      "4000",
+    ]);
     const workers: Proc[] = [];
     const start = (name: string, env: Record<string, string>, args: string[] = []) => {
-      const w = startWorker({ name, modelUrl: fake.url, args, env: { RUNNER_CONCURRENCY: "4",
-        RUNNER_BATCH_SIZE: "4", ...env } });
+      const w = startWorker({
+        name,
+        modelUrl: fake.url,
+        args,
+        env: { RUNNER_CONCURRENCY: "4", RUNNER_BATCH_SIZE: "4", ...env },
+      });
       workers.push(w);
       return w;
     };
     try {
       const projects = await makeProjects(sql, 10);
       const quick = start("shutdown-quick", { RUNNER_SHUTDOWN_GRACE_MS: String(SHORT_GRACE_MS) });
-      const patient = start("shutdown-patient",
-        { RUNNER_SHUTDOWN_GRACE_MS: String(LONG_GRACE_MS) });
-      await Promise.all(workers.map((w) => w.waitForEvent(`${w.name} started`, 60_000,
-        (e) => e.event === "worker_started")));
+      const patient = start("shutdown-patient", {
+        RUNNER_SHUTDOWN_GRACE_MS: String(LONG_GRACE_MS),
+      });
+      await Promise.all(
+        workers.map((w) =>
+          w.waitForEvent(`${w.name} started`, 60_000, (e) => e.event === "worker_started")
+        ),
+      );
       const ids = await insertTasks(sql, projects, TASKS, { text: "shutdown" });
 
-      const [quickHeld, patientHeld] = await waitFor("both workers hold 4 tasks", 20_000,
+      const [quickHeld, patientHeld] = await waitFor(
+        "both workers hold 4 tasks",
+        20_000,
         async () => {
           const q = await heldBy(sql, quick.name);
           const p = await heldBy(sql, patient.name);
           return q.length === 4 && p.length === 4 ? [q, p] : null;
-        }, 50);
+        },
+        50,
+      );
       await sleep(1000); // the 4 s calls are in flight, 3 s from their answers
       const signalled = Date.now();
       quick.kill("SIGTERM");
@@ -79,17 +107,22 @@ export const scenario: Scenario = {
       const quickReleasedLogs = quick.events().filter((e) => e.event === "released").length;
 
       // Whatever is left is drained by one more worker, which then exits by itself.
-      const drain = start("shutdown-drain", { RUNNER_CONCURRENCY: "40", RUNNER_BATCH_SIZE: "40" },
-        ["--drain"]);
+      const drain = start("shutdown-drain", { RUNNER_CONCURRENCY: "40", RUNNER_BATCH_SIZE: "40" }, [
+        "--drain",
+      ]);
       const d = await drain.status;
       const f = await queueFigures(sql, ids);
 
-      const line = `tasks=${TASKS} in_flight_at_sigterm=${quickHeld.length}+${patientHeld.length} ` +
+      const line =
+        `tasks=${TASKS} in_flight_at_sigterm=${quickHeld.length}+${patientHeld.length} ` +
         `quick(grace ${SHORT_GRACE_MS} ms): exit=${q.code} in ${quickMs} ms, ` +
         `released=${released.filter((r) => r.status === "queued").length} ` +
-        `remaining_attempts_kept=${released.filter((r) =>
-          r.max_attempts - r.attempts === quickHeld.find((h) => h.id === r.id)!.remaining)
-          .length} released_logged=${released.filter((r) => r.logged).length} | ` +
+        `remaining_attempts_kept=${
+          released.filter((r) =>
+            r.max_attempts - r.attempts === quickHeld.find((h) => h.id === r.id)!.remaining
+          )
+            .length
+        } released_logged=${released.filter((r) => r.logged).length} | ` +
         `patient(grace ${LONG_GRACE_MS} ms): exit=${p.code} in ${patientMs} ms, ` +
         `finished=${finished[0].n} | running_after=${running} drain_exit=${d.code} ` +
         `completed=${f.byStatus.completed ?? 0} duplicates=${f.duplicates}`;
@@ -97,18 +130,29 @@ export const scenario: Scenario = {
 
       checkEqual([q.code, p.code], [0, 0], "exit codes after SIGTERM");
       check(quickMs <= SHORT_GRACE_MS + EXIT_SLACK_MS, `quick worker exits in time: ${quickMs} ms`);
-      check(patientMs <= LONG_GRACE_MS + EXIT_SLACK_MS,
-        `patient worker exits in time: ${patientMs} ms`);
+      check(
+        patientMs <= LONG_GRACE_MS + EXIT_SLACK_MS,
+        `patient worker exits in time: ${patientMs} ms`,
+      );
       checkEqual(running, 0, "tasks left running after both exited");
-      checkEqual(released.map((r) => r.status), quickHeld.map(() => "queued"),
-        "the quick worker's tasks are back in the queue");
+      checkEqual(
+        released.map((r) => r.status),
+        quickHeld.map(() => "queued"),
+        "the quick worker's tasks are back in the queue",
+      );
       for (const r of released) {
         const h = quickHeld.find((x) => x.id === r.id)!;
-        checkEqual([r.attempts, r.max_attempts - r.attempts], [h.attempts, h.remaining],
-          `task ${r.id}: fencing token kept, remaining attempts given back`);
+        checkEqual(
+          [r.attempts, r.max_attempts - r.attempts],
+          [h.attempts, h.remaining],
+          `task ${r.id}: fencing token kept, remaining attempts given back`,
+        );
       }
-      checkEqual(released.filter((r) => r.logged).length, quickHeld.length,
-        "build_logs 'released' entries for the quick worker's tasks");
+      checkEqual(
+        released.filter((r) => r.logged).length,
+        quickHeld.length,
+        "build_logs 'released' entries for the quick worker's tasks",
+      );
       checkEqual(quickReleasedLogs, quickHeld.length, "'released' lines in the quick worker's log");
       checkEqual(finished[0].n, patientHeld.length, "the patient worker's tasks it finished");
       checkEqual(d.code, 0, "the draining worker's exit code");
