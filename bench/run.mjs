@@ -6,8 +6,11 @@
 //
 // Knobs (environment): BENCH_TASKS (20000), BENCH_LATENCY_TASKS (1000),
 // BENCH_LATENCY_GAP_MS (20), BENCH_COST_TASKS (2000), BENCH_INFLIGHT
-// ("10,100,1000"), BENCH_INFLIGHT_WAVES (6), BENCH_ONLY (contender keys,
-// comma-separated), BENCH_KEEP_DBS (1 keeps the databases afterwards).
+// ("10,100,1000"), BENCH_INFLIGHT_WAVES (6), BENCH_SCENARIOS (drain, cost,
+// latency, inflight), BENCH_ONLY (contender keys,
+// comma-separated), BENCH_KEEP_DBS (1 keeps the databases afterwards),
+// BENCH_RUNNER_ENV (JSON of extra RUNNER_* settings for the runner, to try one),
+// BENCH_RUNNER_LOG_LEVEL (info, the runner's default).
 
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -33,6 +36,7 @@ const knobs = {
   inflight: env("BENCH_INFLIGHT", "10,100,1000").split(",").map(Number),
   inflightWaves: Number(env("BENCH_INFLIGHT_WAVES", 6)),
   only: env("BENCH_ONLY", "") ? env("BENCH_ONLY").split(",") : null,
+  scenarios: env("BENCH_SCENARIOS", "drain,cost,latency,inflight").split(","),
 };
 
 const wallMs = () => performance.timeOrigin + performance.now();
@@ -57,10 +61,13 @@ async function postmasterStart(admin) {
 const nodeWorker = (file) => (settings) =>
   ["node", [path.join(here, "workers", file)], { BENCH_WORKER: JSON.stringify(settings) }];
 
+const runnerEnv = JSON.parse(env("BENCH_RUNNER_ENV", "{}"));
 const runnerWorker = (settings) => {
   const deno = path.join(root, ".tools/node_modules/.bin/deno");
   return [deno, ["run", "--config", path.join(root, "deno.json"), "--allow-net", "--allow-env",
-    "--allow-read", "--allow-sys", path.join(here, "workers/ours_runner.ts")], { BENCH_WORKER: JSON.stringify(settings) }];
+    "--allow-read", "--allow-sys", path.join(here, "workers/ours_runner.ts")],
+    { BENCH_WORKER: JSON.stringify({ ...settings, runnerEnv,
+      logLevel: env("BENCH_RUNNER_LOG_LEVEL", "info") }) }];
 };
 
 // Each contender with the settings of each scenario. Concurrency 24 for the
@@ -251,20 +258,21 @@ async function main() {
   };
 
   try {
-    for (const c of contenders) {
+    const want = (scenario) => knobs.scenarios.includes(scenario);
+    for (const c of want("drain") ? contenders : []) {
       results[c.key].drain = await step(`${c.key} drain ${knobs.tasks}`,
         () => drain(c, knobs.tasks));
     }
-    for (const c of contenders) {
+    for (const c of want("cost") ? contenders : []) {
       results[c.key].cost = await step(`${c.key} cost ${knobs.costTasks}`,
         () => drain(c, knobs.costTasks, { countWire: true }));
     }
-    for (const c of contenders.filter((c) => c.key !== "graphile-default")) {
+    for (const c of want("latency") ? contenders.filter((c) => c.key !== "graphile-default") : []) {
       const count = c.key === "pgboss" ? Math.min(200, knobs.latencyTasks) : knobs.latencyTasks;
       results[c.key].latency = await step(`${c.key} latency ${count}`,
         () => latency(c, count, knobs.latencyGapMs));
     }
-    for (const c of contenders.filter((c) => c.inflight)) {
+    for (const c of want("inflight") ? contenders.filter((c) => c.inflight) : []) {
       results[c.key].inflight = {};
       for (const level of knobs.inflight) {
         results[c.key].inflight[level] = await step(`${c.key} in-flight ${level}`,

@@ -5,7 +5,8 @@
 // reply), wrapped to note when each task reached it.
 //
 // Settings (BENCH_WORKER): url, concurrency, batchSize, poolSize, modelDelayMs,
-// recordLatency, logLevel (the runner's default is info: two lines per task).
+// recordLatency, logLevel (the runner's default is info: two lines per task),
+// runnerEnv.
 
 import { loadConfig } from "../../runner/config.ts";
 import { createQueueDb } from "../../runner/db.ts";
@@ -28,6 +29,10 @@ const env: Record<string, string> = {
 };
 if (settings.batchSize) env.RUNNER_BATCH_SIZE = String(settings.batchSize);
 if (settings.poolSize) env.RUNNER_DB_POOL = String(settings.poolSize);
+// Extra RUNNER_* settings to try a change of configuration (BENCH_RUNNER_ENV).
+for (const [name, value] of Object.entries(settings.runnerEnv ?? {})) {
+  if (name.startsWith("RUNNER_")) env[name] = String(value);
+}
 const config = loadConfig(env);
 const log = createLogger("json", "runner", undefined, (settings.logLevel ?? "info") as LogLevel);
 const db = createQueueDb(config);
