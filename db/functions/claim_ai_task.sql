@@ -50,6 +50,7 @@ declare
   wanted_projects integer;
   rows_read integer;
   head record;
+  extra record;
   -- Where the last window ended; the first starts before every task.
   last_key record;
   fair_ids uuid[];
@@ -71,8 +72,9 @@ begin
   end if;
   lease_until := now() + make_interval(secs => lease_seconds);
   settings := ai_queue.settings();
-  select -1000 as neg_priority, '-infinity'::timestamptz as run_at,
-         '-infinity'::timestamptz as created_at, '00000000-0000-0000-0000-000000000000'::uuid as id
+  select null::uuid as project_id, -1000 as neg_priority, '-infinity'::timestamptz as run_at,
+         '-infinity'::timestamptz as created_at,
+         '00000000-0000-0000-0000-000000000000'::uuid as id
     into last_key;
 
   -- Tasks whose worker vanished become claimable again (or fail) first. The
@@ -189,7 +191,7 @@ begin
     -- last window, never a long scan: a backlog ahead simply ends the look.
     if cardinality(locked_projects) between batch_size and wanted_projects - 1
        and rows_read = window_rows then
-      for head in
+      for extra in
         select h.project_id
         from (
           select t.project_id, t.model
@@ -203,11 +205,11 @@ begin
         where h.project_id <> all (excluded)
           and coalesce(h.model, settings.default_model) <> all (blocked_models)
       loop
-        if not head.project_id = any (excluded) then
-          excluded := excluded || head.project_id;
-          if pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(head.project_id::text))
+        if not extra.project_id = any (excluded) then
+          excluded := excluded || extra.project_id;
+          if pg_catalog.pg_try_advisory_xact_lock(lock_space, hashtext(extra.project_id::text))
           then
-            locked_projects := locked_projects || head.project_id;
+            locked_projects := locked_projects || extra.project_id;
             exit when cardinality(locked_projects) >= wanted_projects;
           end if;
         end if;
