@@ -12,6 +12,7 @@
 // BENCH_RUNNER_ENV (JSON of extra RUNNER_* settings for the runner, to try one),
 // BENCH_RUNNER_LOG_LEVEL (info, the runner's default).
 
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -42,6 +43,14 @@ const knobs = {
 const wallMs = () => performance.timeOrigin + performance.now();
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const log = (message) => process.stderr.write(`bench: ${message}\n`);
+
+function gitCommit() {
+  try {
+    return execFileSync("git", ["-C", root, "rev-parse", "--short", "HEAD"]).toString().trim();
+  } catch {
+    return "unknown";
+  }
+}
 
 /** When the server started; waits through a restart (up to a minute). */
 async function postmasterStart(admin) {
@@ -299,6 +308,7 @@ async function main() {
     date: started.toISOString(),
     durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
     command: "make bench",
+    commit: gitCommit(),
     restarts,
   };
   const markdown = renderMarkdown({ machine, knobs, results });

@@ -25,7 +25,7 @@ export function renderMarkdown({ machine, knobs, results }) {
   out.push(`Machine: ${machine.cores} cores (${machine.cpu}), ${machine.memoryGiB} GiB; ` +
     `PostgreSQL ${machine.postgres} (${machine.durability}), the same cluster and ` +
     `settings for every queue; Node ${machine.node}. Run ${machine.date} with ` +
-    `\`${machine.command}\` in ${machine.durationSeconds} s.`, "");
+    `\`${machine.command}\` at commit ${machine.commit} in ${machine.durationSeconds} s.`, "");
   out.push("Figures from one run on a shared 2-core machine while other test suites ran; " +
     "expect run-to-run noise of tens of percent. Workers run in their own processes; " +
     "the harness polls for completion every 20 ms." +
@@ -149,7 +149,7 @@ export function renderChart({ machine, results }) {
   ];
   const width = 760, labelW = 210, barMax = 430, rowH = 26, gap = 18;
   const colors = { "ours-runner": "#2f6fdf", "ours-sql": "#6f9ff0" };
-  let y = 52;
+  let y = 78;
   const parts = [];
   for (const panel of panels) {
     const rows = keys.map((k) => [k, panel.value(results[k])]).filter(([, v]) => v > 0);
@@ -177,9 +177,11 @@ export function renderChart({ machine, results }) {
     `<rect width="100%" height="100%" fill="#ffffff"/>`,
     `<text x="12" y="24" font-size="17" font-weight="bold">process-ai-tasks vs graphile-worker ` +
       `and pg-boss</text>`,
-    `<text x="12" y="42" font-size="12" fill="#555">${esc(`${machine.cores} cores, PostgreSQL ` +
-      `${machine.postgres}, fsync and synchronous_commit on, ${machine.date.slice(0, 10)}; ` +
-      `one noisy run on a shared machine`)}</text>`,
+    `<text x="12" y="44" font-size="12" fill="#555">${esc(`${machine.cores} cores, ` +
+      `PostgreSQL ${machine.postgres.split(" ")[0]}, fsync and synchronous_commit on, ` +
+      `${machine.date.slice(0, 10)}, commit ${machine.commit}`)}</text>`,
+    `<text x="12" y="60" font-size="12" fill="#555">One run on a shared machine while other ` +
+      `tests ran: figures are noisy.</text>`,
     ...parts,
     `</svg>`,
     "",
