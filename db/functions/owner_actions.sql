@@ -94,9 +94,18 @@ begin
       using errcode = 'AQ003';
   end if;
 
+  -- While this task was finished, a new one may have been queued with its
+  -- idempotency key; the retried task then gives the key up instead of
+  -- failing on the unique index. Two retries racing for one key can still
+  -- meet that index and get a plain 23505.
   update public.ai_tasks t set
     status = 'queued',
     max_attempts = t.attempts + extra_attempts,
+    idempotency_key = case when exists (
+        select 1 from public.ai_tasks o
+        where o.project_id = t.project_id and o.idempotency_key = t.idempotency_key
+          and o.status in ('queued', 'running') and o.id <> t.id)
+      then null else t.idempotency_key end,
     error = null,
     run_at = now(),
     started_at = null,

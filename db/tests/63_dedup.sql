@@ -1,7 +1,7 @@
 -- enqueue_ai_task with an idempotency_key: one unfinished task per key and
 -- project. Two sessions racing on one key are proven in db/fairness_test.ts.
 begin;
-select plan(17);
+select plan(20);
 
 insert into auth.users (id, email) values
   ('f0000000-0000-4000-8000-000000000631', 'dedup@example.test'),
@@ -90,6 +90,19 @@ select throws_ok(
   '23505', null,
   'the partial unique index refuses a second unfinished task with the key, '
   'which is what makes racing enqueues safe');
+
+-- ---------------------------------------------------------------- retry of a keyed task
+select is(public.retry_ai_task((select id from ids where name = 'second')), 'queued',
+  'a cancelled task whose key a newer task holds can still be retried');
+select is(
+  (select idempotency_key from public.ai_tasks where id = (select id from ids where name = 'second')),
+  null,
+  'the retried task gives its key up to the newer unfinished task');
+select is(
+  (select count(*)::integer from public.ai_tasks
+   where project_id = 'f1000000-0000-4000-8000-000000000631'
+     and idempotency_key = 'request-1' and status in ('queued', 'running')), 1,
+  'one unfinished task of the project keeps the key');
 
 -- ---------------------------------------------------------------- as the browser
 set local role authenticated;
