@@ -151,8 +151,59 @@ export const scenario: Scenario = {
         frozenHeld.some((h) => h.id === e.task_id)
       ).length;
 
-      // ---- 3: the task that kills every worker.
+      // ---- 2b: a complete that reaches the database after the takeover. The
+      // woken worker above notices the loss before it writes; this one has sent
+      // its complete when the takeover happens, as after a network stall. The
+      // harness holds the task's row lock, so the worker's complete waits in
+      // the database; meanwhile the lease runs out and the task is claimed
+      // again (in the harness's transaction); then the waiting complete runs.
+      // (The lease is set to have run out rather than waited out: the same
+      // row lock that holds the complete back would hold the reaper back.)
       for (const w of [frozen, w3, w4]) await w.stop();
+      const late = start("crash-late");
+      const [lateProject] = await makeProjects(sql, 1);
+      const [lateTask] = await insertTasks(sql, [lateProject], 1, { text: "late" });
+      await waitFor(
+        "crash-late holds its task",
+        30_000,
+        async () => (await heldBy(sql, late.name)).length === 1,
+        50,
+      );
+      let takeoverAttempt = 0;
+      await sql.begin(async (tx) => {
+        // A share lock: the worker's stream writes (for share) pass, its
+        // complete (for update) and lease renewal (update) wait.
+        await tx`select 1 from public.ai_tasks where id = ${lateTask}::uuid for share`;
+        await waitFor("crash-late's complete waits for the row lock", 30_000, async () => {
+          const [{ n }] = await sql`
+            select count(*)::int as n from pg_catalog.pg_stat_activity
+            where application_name = 'ai-tasks-runner' and wait_event_type = 'Lock'
+              and query like '%complete_ai_task%'`;
+          return n > 0;
+        }, 50);
+        await tx`update public.ai_tasks set locked_until = now() - interval '1 second'
+                 where id = ${lateTask}::uuid`;
+        const [claim] = await tx`
+          select attempt from public.claim_ai_task('crash-takeover', ${lateProject}::uuid, 1, 30)`;
+        takeoverAttempt = Number(claim?.attempt ?? 0);
+      });
+      await sql`select public.complete_ai_task(${lateTask}::uuid, ${takeoverAttempt}::int,
+                                               'answered by the takeover')`;
+      const lateRefusal = await late.waitForEvent(
+        "crash-late logs its refused complete",
+        30_000,
+        (e) => e.event === "cancelled" && e.task_id === lateTask,
+      );
+      const [lateRow] = await sql`
+        select t.status, t.attempts,
+               (select count(*)::int from public.chat_messages m
+                where m.task_id = t.id and m.role = 'assistant') as answers,
+               (select m.content from public.chat_messages m
+                where m.task_id = t.id and m.role = 'assistant') as answer
+        from public.ai_tasks t where t.id = ${lateTask}::uuid`;
+      await late.stop();
+
+      // ---- 3: the task that kills every worker.
       const [poisonProject] = await makeProjects(sql, 1);
       const [poison] = await insertTasks(sql, [poisonProject], 1, {
         text: "hang-forever",
@@ -191,13 +242,25 @@ export const scenario: Scenario = {
         `frozen_s=${frozenSeconds.toFixed(1)} taken_over_after_lease_expiry=${expired} ` +
         `late_completes_by_frozen=${frozenCompleted} woken_tasks_dropped=${woken.length} ` +
         `(complete refused AQ001: ${refusedAq001}, lease check first: ` +
-        `${woken.length - refusedAq001}) fencing_check=AQ001 ` +
+        `${woken.length - refusedAq001}) late_complete: ` +
+        `${lateRefusal.refused_by} ${lateRefusal.code}, answers=${lateRow.answers} ` +
         `completed=${f.byStatus.completed ?? 0} duplicates=${f.duplicates} ` +
         `lost=${ids.length - (f.byStatus.completed ?? 0)} poison: kills=${kills} ` +
         `status=${p.status} attempts=${p.attempts}/${p.max_attempts}`;
       say(line);
 
       checkEqual(f.byStatus.completed ?? 0, TASKS, "crash tasks completed");
+      checkEqual(takeoverAttempt, 2, "the takeover's attempt");
+      checkEqual(
+        [lateRefusal.refused_by, lateRefusal.code],
+        ["complete_ai_task", "AQ001"],
+        "the late complete, as crash-late logs it",
+      );
+      checkEqual(
+        [lateRow.status, lateRow.attempts, lateRow.answers, lateRow.answer],
+        ["completed", 2, 1, "answered by the takeover"],
+        "the late task: the takeover's answer, once",
+      );
       checkEqual(f.duplicates + f.missingAnswers, 0, "tasks without exactly one answer");
       checkEqual(
         expired,
