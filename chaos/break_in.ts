@@ -255,22 +255,22 @@ export const scenario: Scenario = {
 
     // ---- tables, over SQL as PostgREST would run the statements
     const tableRows = await sql`
-      select c.relname,
+      select n.nspname || '.' || c.relname as relname,
              (select a.attname from pg_catalog.pg_attribute a
               where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
               order by a.attnum limit 1) as first_column
       from pg_catalog.pg_class c
       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-      where n.nspname = 'public' and c.relkind in ('r', 'v', 'm', 'p')
+      where n.nspname in ('public', 'ai_queue') and c.relkind in ('r', 'v', 'm', 'p')
       order by 1`;
     const tables = tableRows.map((r) => String(r.relname));
     const known = expectedTables(f);
     for (const { relname: table, first_column: column } of tableRows) {
-      const plan = known[table] ?? {
-        select: [`select count(*) as n from public.${table}`, "denied", "denied"],
-        insert: [`insert into public.${table} default values`, "denied", "denied"],
-        update: [`update public.${table} set ${column} = ${column}`, "denied", "denied"],
-        delete: [`delete from public.${table}`, "denied", "denied"],
+      const plan = known[table.replace(/^public\./, "")] ?? {
+        select: [`select count(*) as n from ${table}`, "denied", "denied"],
+        insert: [`insert into ${table} default values`, "denied", "denied"],
+        update: [`update ${table} set ${column} = ${column}`, "denied", "denied"],
+        delete: [`delete from ${table}`, "denied", "denied"],
       } as Record<string, [string, Result, Result]>;
       for (const [op, [statement, asOther, asOwner]] of Object.entries(plan)) {
         expect(
@@ -546,7 +546,8 @@ export const scenario: Scenario = {
       await sql.unsafe(`drop schema chaos_evil cascade`);
     }
 
-    const line = `attempts=${tries} (tables ${tables.length}, public functions via stand-in: ` +
+    const line =
+      `attempts=${tries} (tables ${tables.length} in public and ai_queue, public functions via stand-in: ` +
       `${functionCalls} calls, ai_queue functions ${internal.length}) ` +
       `wrongly_allowed_or_denied=${wrong.length} search_path_steered=${steered}`;
     say(line);
