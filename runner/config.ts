@@ -25,6 +25,10 @@ export interface Config {
   workerId: string;
   concurrency: number;
   batchSize: number;
+  /** Most completions sent in one complete_ai_tasks call; 1 sends each alone. */
+  completeBatchMax: number;
+  /** How long a completion may wait for others while a batch is on its way. */
+  completeBatchWaitMs: number;
   leaseSeconds: number;
   heartbeatMs: number;
   modelTimeoutMs: number;
@@ -157,6 +161,10 @@ export function loadConfig(env: Env = Deno.env.toObject()): Config {
     workerId: text(env, "RUNNER_WORKER_ID") ?? defaultWorkerId(),
     concurrency,
     batchSize: int(env, "RUNNER_BATCH_SIZE", Math.min(concurrency, 50), 1, 1000),
+    // 100 answers of a few KB make a statement of well under a megabyte; a
+    // lone task never waits for the timer (see CompletionBatcher).
+    completeBatchMax: int(env, "RUNNER_COMPLETE_BATCH_MAX", 100, 1, 1000),
+    completeBatchWaitMs: int(env, "RUNNER_COMPLETE_BATCH_WAIT_MS", 2, 0, 1000),
     leaseSeconds,
     // A lease is renewed only while a call outlives this, so quick calls cost no
     // extra query; a third of the lease leaves two renewals' slack.

@@ -43,7 +43,10 @@ export type ListenState = "listening" | "relistened" | "lost";
 export interface QueueDb {
   readonly kind: "postgres" | "supabase";
   claim(options: ClaimOptions): Promise<ClaimedTask[]>;
-  /** Writes the answer; returns the assistant message id. Raises AQ001 when not held. */
+  /**
+   * Writes the answer; returns the assistant message id. Raises AQ001 when not
+   * held. Completions arriving together share one call (CompletionBatcher).
+   */
   complete(
     task: TaskRef,
     content: string,
@@ -130,6 +133,203 @@ function rowToTask(row: Record<string, unknown>): ClaimedTask {
   };
 }
 
+// ------------------------------------------------------- batched completions
+
+/** One task's answer, as complete_ai_task and complete_ai_tasks take it. */
+export interface Completion {
+  task: TaskRef;
+  content: string;
+  result: Record<string, unknown>;
+  model: string | null;
+}
+
+/** A row of complete_ai_tasks (public.ai_task_completion). */
+export interface CompletionRow {
+  task_id: string;
+  message_id: string | null;
+  outcome: string;
+  status: string | null;
+  attempt: number | null;
+}
+
+export interface CompletionBatchOptions {
+  /** Most completions in one call; 1 sends each task's alone (no batching). */
+  max: number;
+  /** How long a completion may wait for others while a batch is on its way. */
+  waitMs: number;
+}
+
+export const DEFAULT_COMPLETION_BATCH: CompletionBatchOptions = { max: 100, waitMs: 2 };
+
+// Batches on their way at once. One keeps the commits in a row (each batch
+// takes what gathered while the last was on its way); a second overlaps one
+// batch's commit with the next batch's work on the other core. More would
+// only take connections that claims need.
+const MAX_BATCHES_IN_FLIGHT = 2;
+
+interface Waiting {
+  entry: Completion;
+  resolve: (messageId: string) => void;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * Sends the completions that arrive close together as one complete_ai_tasks
+ * call: one commit (one WAL flush) and one round trip for the lot, instead of
+ * one per task. Each caller still gets its own answer: the message id, or
+ * the error complete_ai_task would have raised for its task alone (AQ001 when
+ * its attempt no longer holds the task, AQ002 when it is gone).
+ *
+ * When to send: a completion that finds nothing on its way goes at the end
+ * of the current turn of the event loop (with whatever finished in the same
+ * turn), so a lone task waits for no timer. While a batch is on its way the
+ * others gather, and go when it returns, when `max` are waiting, or after
+ * `waitMs`. A call refused as a whole (an entry the database will not take)
+ * is sent again entry by entry, so one bad entry fails only its own task;
+ * a call that never got an answer fails every entry as transient, and
+ * persist() in task.ts repeats each one (completing is idempotent per attempt).
+ * Where complete_ai_tasks does not exist yet, each completion goes alone.
+ */
+export class CompletionBatcher {
+  #pending: Waiting[] = [];
+  #inFlight = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #batchMissing = false;
+  #idle: (() => void)[] = [];
+  /** complete_ai_tasks calls made, and completions sent in them. */
+  readonly sent = { batches: 0, completions: 0 };
+
+  constructor(
+    private readonly sendBatch: (entries: Completion[]) => Promise<CompletionRow[]>,
+    private readonly sendOne: (entry: Completion) => Promise<string>,
+    private readonly options: CompletionBatchOptions = DEFAULT_COMPLETION_BATCH,
+  ) {}
+
+  complete(entry: Completion): Promise<string> {
+    if (this.options.max <= 1 || this.#batchMissing) return this.sendOne(entry);
+    return new Promise((resolve, reject) => {
+      this.#pending.push({ entry, resolve, reject });
+      this.#schedule();
+    });
+  }
+
+  /** Resolves once every completion handed in has its answer. */
+  settled(): Promise<void> {
+    if (this.#pending.length === 0 && this.#inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  #schedule(): void {
+    if (this.#pending.length >= this.options.max) return this.#flush();
+    if (this.#timer !== undefined) return;
+    const delay = this.#inFlight === 0 ? 0 : this.options.waitMs;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#flush();
+    }, delay);
+  }
+
+  #flush(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    while (this.#pending.length > 0 && this.#inFlight < MAX_BATCHES_IN_FLIGHT) {
+      const batch = this.#take();
+      this.#inFlight++;
+      void this.#send(batch).finally(() => {
+        this.#inFlight--;
+        if (this.#pending.length > 0) this.#flush();
+        else if (this.#inFlight === 0) this.#idle.splice(0).forEach((resolve) => resolve());
+      });
+    }
+  }
+
+  /** Up to `max` waiting completions, each task once: a call has one outcome per task. */
+  #take(): Waiting[] {
+    const batch: Waiting[] = [];
+    const rest: Waiting[] = [];
+    const ids = new Set<string>();
+    for (const waiting of this.#pending) {
+      const id = waiting.entry.task.id;
+      if (batch.length < this.options.max && !ids.has(id)) {
+        ids.add(id);
+        batch.push(waiting);
+      } else {
+        rest.push(waiting);
+      }
+    }
+    this.#pending = rest;
+    return batch;
+  }
+
+  async #send(batch: Waiting[]): Promise<void> {
+    let rows: CompletionRow[];
+    try {
+      this.sent.batches++;
+      this.sent.completions += batch.length;
+      rows = await this.sendBatch(batch.map((w) => w.entry));
+    } catch (error) {
+      if (error instanceof QueueDbError && error.missingFunction) {
+        this.#batchMissing = true;
+        return await this.#oneByOne(batch);
+      }
+      if (!(error instanceof QueueDbError) || error.transient) {
+        for (const waiting of batch) waiting.reject(error);
+        return;
+      }
+      return await this.#oneByOne(batch);
+    }
+
+    const byTask = new Map((rows ?? []).map((row) => [String(row.task_id), row]));
+    for (const { entry, resolve, reject } of batch) {
+      const row = byTask.get(entry.task.id);
+      if (row && (row.outcome === "completed" || row.outcome === "already_completed")) {
+        resolve(String(row.message_id));
+      } else {
+        reject(refusal(entry.task, row));
+      }
+    }
+  }
+
+  async #oneByOne(batch: Waiting[]): Promise<void> {
+    await Promise.all(
+      batch.map(({ entry, resolve, reject }) => this.sendOne(entry).then(resolve, reject)),
+    );
+  }
+}
+
+/** The error complete_ai_task raises for one task, from its complete_ai_tasks row. */
+function refusal(task: TaskRef, row: CompletionRow | undefined): QueueDbError {
+  if (row?.outcome === "not_held") {
+    return new QueueDbError(
+      "complete_ai_task",
+      "AQ001",
+      `task ${task.id} is not held by attempt ${task.attempt}: it is ${row.status} at ` +
+        `attempt ${row.attempt}`,
+      false,
+    );
+  }
+  if (row?.outcome === "not_found") {
+    return new QueueDbError("complete_ai_task", "AQ002", `task ${task.id} not found`, false);
+  }
+  return new QueueDbError(
+    "complete_ai_tasks",
+    null,
+    row ? `unknown outcome ${JSON.stringify(row.outcome)}` : `no outcome for task ${task.id}`,
+    false,
+  );
+}
+
+const completionJson = (entries: Completion[]) =>
+  entries.map((e) => ({
+    task_id: e.task.id,
+    attempt: e.task.attempt,
+    content: e.content,
+    result: e.result,
+    model: e.model,
+  }));
+
 // ---------------------------------------------------------------- postgres.js
 
 function wrapPostgres(step: string, error: unknown): QueueDbError {
@@ -147,7 +347,11 @@ function wrapPostgres(step: string, error: unknown): QueueDbError {
   return new QueueDbError(step, code, message, true, { cause: error });
 }
 
-export function createPostgresQueueDb(databaseUrl: string, poolSize: number): QueueDb {
+export function createPostgresQueueDb(
+  databaseUrl: string,
+  poolSize: number,
+  completionBatch: CompletionBatchOptions = DEFAULT_COMPLETION_BATCH,
+): QueueDb {
   // Supabase's transaction pooler (port 6543) cannot keep prepared statements.
   const pooled = /:6543\//.test(databaseUrl);
   const sql = postgres(databaseUrl, {
@@ -166,6 +370,23 @@ export function createPostgresQueueDb(databaseUrl: string, poolSize: number): Qu
     }
   }
 
+  const completions = new CompletionBatcher(
+    (entries) =>
+      call("complete_ai_tasks", async () =>
+        await sql<CompletionRow[]>`
+          select * from public.complete_ai_tasks(
+            ${sql.json(completionJson(entries) as postgres.JSONValue)}::jsonb)`),
+    ({ task, content, result, model }) =>
+      call("complete_ai_task", async () => {
+        const [row] = await sql`
+          select public.complete_ai_task(${task.id}::uuid, ${task.attempt}::int, ${content},
+                                         ${sql.json(result as postgres.JSONValue)}, ${model})
+            as message_id`;
+        return String(row.message_id);
+      }),
+    completionBatch,
+  );
+
   const db: QueueDb = {
     kind: "postgres",
 
@@ -178,13 +399,7 @@ export function createPostgresQueueDb(databaseUrl: string, poolSize: number): Qu
       }),
 
     complete: (task, content, result, model) =>
-      call("complete_ai_task", async () => {
-        const [row] = await sql`
-          select public.complete_ai_task(${task.id}::uuid, ${task.attempt}::int, ${content},
-                                         ${sql.json(result as postgres.JSONValue)}, ${model})
-            as message_id`;
-        return String(row.message_id);
-      }),
+      completions.complete({ task, content, result, model }),
 
     fail: (task, error, retryable, retryAfterSeconds = null) =>
       call("fail_ai_task", async () => {
@@ -242,7 +457,10 @@ export function createPostgresQueueDb(databaseUrl: string, poolSize: number): Qu
 
     listen: (onWake, onState) => Promise.resolve(listenForTasks(databaseUrl, onWake, onState)),
 
-    close: () => sql.end({ timeout: 5 }),
+    close: async () => {
+      await completions.settled();
+      await sql.end({ timeout: 5 });
+    },
   };
   return db;
 }
@@ -329,7 +547,11 @@ function wrapRpc(step: string, error: RpcError, status: number): QueueDbError {
   return new QueueDbError(step, code, message, transient);
 }
 
-export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: string): QueueDb {
+export function createSupabaseQueueDb(
+  supabaseUrl: string,
+  serviceRoleKey: string,
+  completionBatch: CompletionBatchOptions = DEFAULT_COMPLETION_BATCH,
+): QueueDb {
   const client: SupabaseClient = createClient(supabaseUrl, serviceRoleKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
   });
@@ -340,6 +562,24 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
     if (error) throw wrapRpc(fn, error, status);
     return data as T;
   }
+
+  const completions = new CompletionBatcher(
+    async (entries) =>
+      (await rpc<CompletionRow[] | null>("complete_ai_tasks", {
+        completions: completionJson(entries),
+      })) ?? [],
+    async ({ task, content, result, model }) =>
+      String(
+        await rpc("complete_ai_task", {
+          task_id: task.id,
+          attempt: task.attempt,
+          content,
+          result,
+          model,
+        }),
+      ),
+    completionBatch,
+  );
 
   const db: QueueDb = {
     kind: "supabase",
@@ -354,16 +594,8 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
       return (rows ?? []).map(rowToTask);
     },
 
-    complete: async (task, content, result, model) =>
-      String(
-        await rpc("complete_ai_task", {
-          task_id: task.id,
-          attempt: task.attempt,
-          content,
-          result,
-          model,
-        }),
-      ),
+    complete: (task, content, result, model) =>
+      completions.complete({ task, content, result, model }),
 
     fail: async (task, error, retryable, retryAfterSeconds = null) =>
       String(
@@ -420,6 +652,7 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
     listen: () => Promise.resolve(null),
 
     close: async () => {
+      await completions.settled();
       await client.removeAllChannels();
     },
   };
@@ -427,8 +660,12 @@ export function createSupabaseQueueDb(supabaseUrl: string, serviceRoleKey: strin
 }
 
 export function createQueueDb(config: Config): QueueDb {
+  const completionBatch = {
+    max: config.completeBatchMax,
+    waitMs: config.completeBatchWaitMs,
+  };
   if (config.dbClient === "supabase") {
-    return createSupabaseQueueDb(config.supabaseUrl!, config.serviceRoleKey!);
+    return createSupabaseQueueDb(config.supabaseUrl!, config.serviceRoleKey!, completionBatch);
   }
-  return createPostgresQueueDb(config.databaseUrl, config.dbPoolSize);
+  return createPostgresQueueDb(config.databaseUrl, config.dbPoolSize, completionBatch);
 }
