@@ -69,6 +69,7 @@ test-sql: test-db ## pgTAP suite (db/tests) with pg_prove
 
 test-concurrency: test-db ## Many connections claiming and completing at once
 	DATABASE_URL="$(TEST_URL)" deno task test:concurrency
+	DATABASE_URL="$(TEST_URL)" deno task test:complete-batch
 
 test-fairness: test-db ## Running caps, round-robin, model limits and 429 snoozes under load
 	DATABASE_URL="$(TEST_URL)" deno task test:fairness
