@@ -93,7 +93,7 @@ const contenders = [
       modelDelayMs: 1000 }),
   },
   {
-    key: "ours-sql", label: "ours (SQL driver)", system: ours, spawn: nodeWorker("ours_sql.mjs"),
+    key: "ours-sql", label: "ours (SQL, unbatched)", system: ours, spawn: nodeWorker("ours_sql.mjs"),
     drain: { concurrency: 100, batchSize: 50, poolSize: 10 },
     latency: { concurrency: 10, batchSize: 10, poolSize: 10 },
     inflight: (level) => ({ concurrency: level, batchSize: Math.min(level, 100), poolSize: 10,
@@ -226,6 +226,7 @@ async function latency(contender, count, gapMs) {
 
 async function main() {
   const started = new Date();
+  const commit = gitCommit();
   const admin = connect("postgres");
   const facts = await serverFacts(admin);
   log(`PostgreSQL ${facts.version}, fsync=${facts.fsync}, ` +
@@ -308,7 +309,7 @@ async function main() {
     date: started.toISOString(),
     durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
     command: "make bench",
-    commit: gitCommit(),
+    commit,
     restarts,
   };
   const markdown = renderMarkdown({ machine, knobs, results });

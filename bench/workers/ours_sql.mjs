@@ -2,8 +2,8 @@
 // one claim loop taking batches with claim_ai_task (woken by NOTIFY on
 // ai_tasks), a model that answers at once (or after modelDelayMs), and one
 // complete_ai_task per task with its real writes (assistant message, build
-// log, status). It is the floor under what the runner can reach, and the
-// runner-free figure beside it.
+// log, status). The runner batches completions into complete_ai_tasks; this
+// driver does not, so it shows the cost of the unbatched path beside it.
 //
 // Settings (BENCH_WORKER): url, concurrency (tasks held at once), batchSize,
 // poolSize, modelDelayMs, pollMs, recordLatency.
