@@ -13,7 +13,7 @@
 // BENCH_RUNNER_LOG_LEVEL (info, the runner's default).
 
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -324,4 +324,15 @@ async function main() {
   log(`wrote ${path.relative(root, out)}/results.md and chart.svg`);
 }
 
-await main();
+// `node bench/run.mjs --render FILE.json` writes results.md and chart.svg again
+// from a raw results file (after a change to the report's wording).
+if (process.argv[2] === "--render") {
+  const { machine, knobs: saved, results } = JSON.parse(readFileSync(process.argv[3], "utf8"));
+  const out = path.join(here, "results");
+  const markdown = renderMarkdown({ machine, knobs: saved, results });
+  writeFileSync(path.join(out, "results.md"), markdown + "\n");
+  writeFileSync(path.join(out, "chart.svg"), renderChart({ machine, results }));
+  process.stdout.write(markdown + "\n");
+} else {
+  await main();
+}

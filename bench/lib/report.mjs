@@ -32,6 +32,26 @@ export function renderMarkdown({ machine, knobs, results }) {
     (machine.restarts ? ` Another session restarted the cluster during this run; ` +
       `${machine.restarts} step(s) were run again.` : ""), "");
 
+  out.push("## Settings", "");
+  out.push([
+    "- ours (runner): runner/worker.ts's Worker with the runner's own config, database layer " +
+      "and chat_reply handler; RUNNER_CONCURRENCY 100, RUNNER_BATCH_SIZE 50, other RUNNER_* " +
+      "defaults (completions batched into complete_ai_tasks, pool of 10); the runner's " +
+      "offline model; JSON logs at info (two lines per task) to a pipe.",
+    "- ours (SQL, unbatched): Node and postgres.js, claim_ai_task batches of 50, up to 100 " +
+      "tasks held, pool of 10, one complete_ai_task per task.",
+    "- graphile-worker 0.17.3 (fast): concurrency 24, localQueue.size 500, " +
+      "completeJobBatchDelay 0, failJobBatchDelay 0. (defaults): concurrency 24 (its default " +
+      "is 1), every other option at its default.",
+    "- pg-boss 10.4.2: 10 work() loops, batchSize 100, pollingIntervalSeconds 0.5 (its " +
+      "minimum), other options at their defaults.",
+    "- Pickup runs: ours with concurrency 10 and batches of 10. In-flight runs: concurrency " +
+      "equal to the level (ours claims at most 100 at a time; graphile keeps its fast options).",
+    "- graphile-worker 0.17.3 and pg-boss 10.4.2 are the newest releases that run on Node 20 " +
+      "(graphile-worker 0.18 and pg-boss 11 and later ask for Node 22). Tasks of ours are " +
+      "spread over 1,000 projects: the claim caps each project's running tasks (4 by default).",
+  ].join("\n"), "");
+
   out.push(`## Queue overhead: drain ${fmt(knobs.tasks)} queued tasks`, "");
   out.push("All tasks are queued in one transaction while the worker idles; the clock runs " +
     "from that commit until none is left queued or running. Ours: claim_ai_task in batches, " +
