@@ -101,6 +101,15 @@ clean: db-stop ## Stop the database and remove it and the installed tools
 bench: tools bench/node_modules/.installed ## Benchmark against graphile-worker and pg-boss (figures, ~6 min)
 	@DATABASE_URL= scripts/db.sh start
 	node bench/run.mjs
+	@echo "bench: EXPLAIN ANALYZE of the claim, 100,000 queued tasks over 1,000 projects"
+	@psql -X -q "$(LOCAL_URL)/postgres" -c 'drop database if exists bench_claim with (force)' \
+	  -c 'create database bench_claim'
+	@DATABASE_URL="$(LOCAL_URL)/bench_claim" scripts/migrate.sh >/dev/null 2>&1
+	@psql -X -q -v ON_ERROR_STOP=1 "$(LOCAL_URL)/bench_claim" -f db/fairness_bench.sql \
+	  > bench/results/claim_explain.txt 2>&1
+	@grep -A5 '=== mean of 200 claims' bench/results/claim_explain.txt
+	@psql -X -q "$(LOCAL_URL)/postgres" -c 'drop database bench_claim with (force)'
+	@echo "bench: plans in bench/results/claim_explain.txt"
 
 bench/node_modules/.installed: bench/package.json bench/package-lock.json
 	npm ci --prefix bench --no-audit --no-fund
