@@ -5,7 +5,7 @@
 
 import postgres from "postgres";
 
-export const LOCAL_URL = "postgres://postgres@127.0.0.1:54329";
+export const LOCAL_URL = `postgres://postgres@127.0.0.1:${Deno.env.get("PGPORT") ?? "54329"}`;
 export const DATABASE_URL = Deno.env.get("CHAOS_DATABASE_URL") ?? `${LOCAL_URL}/ai_tasks_chaos`;
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 export const LOG_DIR = Deno.env.get("CHAOS_LOG_DIR") ??
