@@ -80,7 +80,10 @@ begin
                 else 'not_held'
            end as outcome
     from given g
-    left join public.ai_tasks t on t.id = g.task_id
+    -- `any (task_ids)` keeps the plan on the primary key however many rows
+    -- the planner guesses the arrays hold; a guess of many would otherwise
+    -- read the whole table for a hash join.
+    left join public.ai_tasks t on t.id = g.task_id and t.id = any (task_ids)
   ), answers as (
     insert into public.chat_messages as m (project_id, role, content, task_id, metadata)
     select j.project_id, 'assistant', j.content, j.task_id, coalesce(j.result, '{}')
@@ -104,7 +107,7 @@ begin
       locked_until = null,
       updated_at = now()
     from judged j
-    where t.id = j.task_id and j.outcome = 'completed'
+    where t.id = j.task_id and t.id = any (task_ids) and j.outcome = 'completed'
   ), logged as (
     insert into public.build_logs (project_id, task_id, log_type, message, metadata)
     select j.project_id, j.task_id, 'info', format('task completed on attempt %s', j.attempt),
