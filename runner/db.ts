@@ -180,9 +180,9 @@ interface Waiting {
  * the error complete_ai_task would have raised for its task alone (AQ001 when
  * its attempt no longer holds the task, AQ002 when it is gone).
  *
- * When to send: a completion that finds nothing on its way goes at the end
- * of the current turn of the event loop (with whatever finished in the same
- * turn), so a lone task waits for no timer. While a batch is on its way the
+ * When to send: a completion that finds nothing on its way goes as soon as
+ * the code running now is done (with whatever completed alongside it), so a
+ * lone task waits for no timer. While a batch is on its way the
  * others gather, and go when it returns, when `max` are waiting, or after
  * `waitMs`. A call refused as a whole (an entry the database will not take)
  * is sent again entry by entry, so one bad entry fails only its own task;
@@ -194,6 +194,8 @@ export class CompletionBatcher {
   #pending: Waiting[] = [];
   #inFlight = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** A send is scheduled (a microtask or the timer). */
+  #armed = false;
   #batchMissing = false;
   #idle: (() => void)[] = [];
   /** complete_ai_tasks calls made, and completions sent in them. */
@@ -221,15 +223,22 @@ export class CompletionBatcher {
 
   #schedule(): void {
     if (this.#pending.length >= this.options.max) return this.#flush();
-    if (this.#timer !== undefined) return;
-    const delay = this.#inFlight === 0 ? 0 : this.options.waitMs;
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      this.#flush();
-    }, delay);
+    if (this.#armed) return;
+    this.#armed = true;
+    if (this.#inFlight === 0) {
+      // Nothing on its way: send as soon as the code running now is done, so
+      // completions made together go together and a lone one waits for no
+      // timer (a 0 ms timer still cost a lone task 1-2 ms).
+      queueMicrotask(() => {
+        if (this.#armed) this.#flush();
+      });
+    } else {
+      this.#timer = setTimeout(() => this.#flush(), this.options.waitMs);
+    }
   }
 
   #flush(): void {
+    this.#armed = false;
     if (this.#timer !== undefined) {
       clearTimeout(this.#timer);
       this.#timer = undefined;
