@@ -63,6 +63,11 @@ create or replace function ai_queue.complete_tasks(
 ) returns setof public.ai_task_completion
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
+-- One plan for every call: planning the statement below anew for each
+-- complete_ai_task call made that path 40% slower than before it shared
+-- this code (300 completions in one transaction: 400 ms against 170 ms).
+-- The `any (task_ids)` conditions keep the generic plan on the primary key.
+set plan_cache_mode = force_generic_plan
 as $$
 begin
   perform 1 from public.ai_tasks t where t.id = any (task_ids) order by t.id for update;
