@@ -188,7 +188,8 @@ interface Waiting {
  * is sent again entry by entry, so one bad entry fails only its own task;
  * a call that never got an answer fails every entry as transient, and
  * persist() in task.ts repeats each one (completing is idempotent per attempt).
- * Where complete_ai_tasks does not exist yet, each completion goes alone.
+ * Where complete_ai_tasks does not exist yet, each completion goes alone;
+ * that fallback can go once every database has migration 20261203400001.
  */
 export class CompletionBatcher {
   #pending: Waiting[] = [];
@@ -198,8 +199,6 @@ export class CompletionBatcher {
   #armed = false;
   #batchMissing = false;
   #idle: (() => void)[] = [];
-  /** complete_ai_tasks calls made, and completions sent in them. */
-  readonly sent = { batches: 0, completions: 0 };
 
   constructor(
     private readonly sendBatch: (entries: Completion[]) => Promise<CompletionRow[]>,
@@ -275,8 +274,6 @@ export class CompletionBatcher {
   async #send(batch: Waiting[]): Promise<void> {
     let rows: CompletionRow[];
     try {
-      this.sent.batches++;
-      this.sent.completions += batch.length;
       rows = await this.sendBatch(batch.map((w) => w.entry));
     } catch (error) {
       if (error instanceof QueueDbError && error.missingFunction) {
