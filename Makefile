@@ -64,7 +64,8 @@ test-db: tools
 
 test-sql: test-db ## pgTAP suite (db/tests) with pg_prove
 	@psql -X -q "$(TEST_URL)" -c 'create extension if not exists pgtap'
-	pg_prove --dbname $(TEST_DB) --host 127.0.0.1 --port $(PGPORT) --username postgres \
+	PGOPTIONS='--client-min-messages=error' \
+	  pg_prove --dbname $(TEST_DB) --host 127.0.0.1 --port $(PGPORT) --username postgres \
 	  --ext .sql -r db/tests
 
 test-concurrency: test-db ## Many connections claiming and completing at once

@@ -23,6 +23,71 @@ begin
 end;
 $$;
 
+-- The two arguments every worker call carries: the task, and the attempt that
+-- claim_ai_task handed out for it (the fencing token).
+create or replace function ai_queue.check_task_attempt(task_id uuid, attempt integer)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if task_id is null then
+    perform ai_queue.invalid_argument('task_id', 'is required', null);
+  end if;
+  if attempt is null or attempt < 1 then
+    perform ai_queue.invalid_argument('attempt', 'must be the attempt claim_ai_task returned',
+      attempt::text);
+  end if;
+end;
+$$;
+
+-- Lock a task for a change of state; an unknown id is "not found".
+create or replace function ai_queue.lock_task(task_id uuid) returns public.ai_tasks
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  task public.ai_tasks;
+begin
+  select * into task from public.ai_tasks t where t.id = lock_task.task_id for update;
+  if not found then
+    raise exception 'task % not found', task_id using errcode = 'AQ002';
+  end if;
+  return task;
+end;
+$$;
+
+-- Lock a task that its project's owner (or the service) acts on. Another
+-- user's task is "not found" as well: authorize_project's error would name
+-- the project, which that user must not learn either.
+create or replace function ai_queue.lock_owned_task(task_id uuid) returns public.ai_tasks
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  task public.ai_tasks := ai_queue.lock_task(task_id);
+begin
+  perform ai_queue.authorize_project(task.project_id);
+  return task;
+exception when sqlstate 'AQ002' then
+  raise exception 'task % not found', task_id using errcode = 'AQ002';
+end;
+$$;
+
+-- Refuse a write from an attempt that no longer holds the task.
+create or replace function ai_queue.raise_not_held(task public.ai_tasks, attempt integer)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception 'task % is not held by attempt %: it is % at attempt %',
+    task.id, attempt, task.status, task.attempts
+    using errcode = 'AQ001',
+          hint = 'The lease was taken over or the task was cancelled; discard this result.';
+end;
+$$;
+
 -- Capped exponential backoff with jitter: 5 s, 10 s, 20 s ... up to 10 min,
 -- each stretched by up to a quarter at random so that tasks failed together
 -- by one provider outage do not all come back in the same second. The
@@ -163,6 +228,10 @@ $$;
 
 revoke all on function
   ai_queue.invalid_argument(text, text, text, text),
+  ai_queue.check_task_attempt(uuid, integer),
+  ai_queue.lock_task(uuid),
+  ai_queue.lock_owned_task(uuid),
+  ai_queue.raise_not_held(public.ai_tasks, integer),
   ai_queue.retry_delay(integer),
   ai_queue.log(uuid, uuid, text, text, jsonb),
   ai_queue.history(uuid, timestamptz, integer),

@@ -22,13 +22,7 @@ declare
   next_status text;
   error_text text := left(btrim(error), 4000);
 begin
-  if task_id is null then
-    perform ai_queue.invalid_argument('task_id', 'is required', null);
-  end if;
-  if attempt is null or attempt < 1 then
-    perform ai_queue.invalid_argument('attempt', 'must be the attempt claim_ai_task returned',
-      attempt::text);
-  end if;
+  perform ai_queue.check_task_attempt(task_id, attempt);
   if error_text is null or error_text = '' then
     perform ai_queue.invalid_argument('error', 'must describe what went wrong',
       quote_literal(error));
@@ -41,10 +35,7 @@ begin
       retry_after_seconds::text);
   end if;
 
-  select * into task from public.ai_tasks t where t.id = fail_ai_task.task_id for update;
-  if not found then
-    raise exception 'task % not found', task_id using errcode = 'AQ002';
-  end if;
+  task := ai_queue.lock_task(task_id);
 
   -- The same holder repeating a failure it already recorded.
   if task.status in ('queued', 'failed') and task.attempts = attempt
@@ -52,10 +43,7 @@ begin
     return task.status;
   end if;
   if task.status <> 'running' or task.attempts <> attempt then
-    raise exception 'task % is not held by attempt %: it is % at attempt %',
-      task_id, attempt, task.status, task.attempts
-      using errcode = 'AQ001',
-            hint = 'The lease was taken over or the task was cancelled; discard this result.';
+    perform ai_queue.raise_not_held(task, attempt);
   end if;
 
   final := not retryable or task.attempts >= task.max_attempts;

@@ -15,17 +15,7 @@ begin
     perform ai_queue.invalid_argument('task_id', 'is required', null);
   end if;
 
-  select * into task from public.ai_tasks t where t.id = cancel_ai_task.task_id for update;
-  if not found then
-    raise exception 'task % not found', task_id using errcode = 'AQ002';
-  end if;
-  -- Another user's task is "not found" as well: the project's error would name
-  -- the project, which that user must not learn either.
-  begin
-    perform ai_queue.authorize_project(task.project_id);
-  exception when sqlstate 'AQ002' then
-    raise exception 'task % not found', task_id using errcode = 'AQ002';
-  end;
+  task := ai_queue.lock_owned_task(task_id);
 
   if task.status = 'cancelled' then
     return task.status;
@@ -76,17 +66,7 @@ begin
       extra_attempts::text);
   end if;
 
-  select * into task from public.ai_tasks t where t.id = retry_ai_task.task_id for update;
-  if not found then
-    raise exception 'task % not found', task_id using errcode = 'AQ002';
-  end if;
-  -- Another user's task is "not found" as well: the project's error would name
-  -- the project, which that user must not learn either.
-  begin
-    perform ai_queue.authorize_project(task.project_id);
-  exception when sqlstate 'AQ002' then
-    raise exception 'task % not found', task_id using errcode = 'AQ002';
-  end;
+  task := ai_queue.lock_owned_task(task_id);
 
   if task.status not in ('failed', 'cancelled') then
     raise exception 'task % is %: only failed or cancelled tasks can be retried',

@@ -27,13 +27,7 @@ declare
   task_model text;
   reason_text text := left(btrim(reason), 4000);
 begin
-  if task_id is null then
-    perform ai_queue.invalid_argument('task_id', 'is required', null);
-  end if;
-  if attempt is null or attempt < 1 then
-    perform ai_queue.invalid_argument('attempt', 'must be the attempt claim_ai_task returned',
-      attempt::text);
-  end if;
+  perform ai_queue.check_task_attempt(task_id, attempt);
   if retry_after_seconds is not null and retry_after_seconds not between 0 and 86400 then
     perform ai_queue.invalid_argument('retry_after_seconds', 'must be between 0 and 86400',
       retry_after_seconds::text, 'Pass null to wait the default snooze delay.');
@@ -43,15 +37,9 @@ begin
       quote_literal(reason));
   end if;
 
-  select * into task from public.ai_tasks t where t.id = snooze_ai_task.task_id for update;
-  if not found then
-    raise exception 'task % not found', task_id using errcode = 'AQ002';
-  end if;
+  task := ai_queue.lock_task(task_id);
   if task.status <> 'running' or task.attempts <> attempt then
-    raise exception 'task % is not held by attempt %: it is % at attempt %',
-      task_id, attempt, task.status, task.attempts
-      using errcode = 'AQ001',
-            hint = 'The lease was taken over or the task was cancelled; discard this result.';
+    perform ai_queue.raise_not_held(task, attempt);
   end if;
 
   settings := ai_queue.settings();

@@ -13,13 +13,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 begin
-  if task_id is null then
-    perform ai_queue.invalid_argument('task_id', 'is required', null);
-  end if;
-  if attempt is null or attempt < 1 then
-    perform ai_queue.invalid_argument('attempt', 'must be the attempt claim_ai_task returned',
-      attempt::text);
-  end if;
+  perform ai_queue.check_task_attempt(task_id, attempt);
   if lease_seconds is null or lease_seconds not between 5 and 3600 then
     perform ai_queue.invalid_argument('lease_seconds', 'must be between 5 and 3600',
       lease_seconds::text);
@@ -52,13 +46,7 @@ as $$
 declare
   task public.ai_tasks;
 begin
-  if task_id is null then
-    perform ai_queue.invalid_argument('task_id', 'is required', null);
-  end if;
-  if attempt is null or attempt < 1 then
-    perform ai_queue.invalid_argument('attempt', 'must be the attempt claim_ai_task returned',
-      attempt::text);
-  end if;
+  perform ai_queue.check_task_attempt(task_id, attempt);
 
   update public.ai_tasks t set
     status = 'queued',
@@ -100,13 +88,7 @@ as $$
 declare
   task public.ai_tasks;
 begin
-  if task_id is null then
-    perform ai_queue.invalid_argument('task_id', 'is required', null);
-  end if;
-  if attempt is null or attempt < 1 then
-    perform ai_queue.invalid_argument('attempt', 'must be the attempt claim_ai_task returned',
-      attempt::text);
-  end if;
+  perform ai_queue.check_task_attempt(task_id, attempt);
   if content is null or length(content) > 200000 then
     perform ai_queue.invalid_argument('content', 'must be text of at most 200000 characters',
       case when content is null then null else length(content) || ' characters' end);
