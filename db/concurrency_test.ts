@@ -7,12 +7,7 @@
 //
 //   deno task test:concurrency
 
-import postgres from "postgres";
-
-const url = Deno.env.get("DATABASE_URL");
-if (!url) {
-  throw new Error("DATABASE_URL is not set: point it at a migrated database, e.g. ai_tasks_test");
-}
+import { assert, assertEquals, connect as connectAs, type Sql } from "./test_support.ts";
 
 const CONNECTIONS = 8;
 const PROJECTS = 6;
@@ -23,25 +18,7 @@ const LEASE_SECONDS = 60;
 // test instead of hanging it.
 const DEADLINE_MS = 240_000;
 
-type Sql = ReturnType<typeof postgres>;
-
-function connect(): Sql {
-  return postgres(url!, {
-    max: 1,
-    onnotice: () => {},
-    connection: { application_name: "concurrency_test" },
-  });
-}
-
-function assertEquals<T>(actual: T, expected: T, what: string): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
-}
-
-function assert(condition: boolean, what: string): void {
-  if (!condition) throw new Error(what);
-}
+const connect = (): Sql => connectAs("concurrency_test");
 
 /** A user of this run with `count` projects of its own, without running caps. */
 async function createFixture(admin: Sql, count: number, label: string) {

@@ -10,12 +10,7 @@
 //   deno task test:fairness
 //   FAIRNESS_RETRY_AFTER=3 deno task test:fairness   # a shorter 429 wait
 
-import postgres from "postgres";
-
-const url = Deno.env.get("DATABASE_URL");
-if (!url) {
-  throw new Error("DATABASE_URL is not set: point it at a migrated database, e.g. ai_tasks_test");
-}
+import { assert, assertEquals, connect as connectAs, sleep, type Sql } from "./test_support.ts";
 
 const IN_FLIGHT = 8;
 const BURST = 5000;
@@ -27,27 +22,8 @@ const RETRY_AFTER_SECONDS = Number(Deno.env.get("FAIRNESS_RETRY_AFTER") ?? "10")
 // test instead of hanging it.
 const DEADLINE_MS = 120_000;
 
-type Sql = ReturnType<typeof postgres>;
+const connect = (): Sql => connectAs("fairness_test");
 
-function connect(): Sql {
-  return postgres(url!, {
-    max: 1,
-    onnotice: () => {},
-    connection: { application_name: "fairness_test" },
-  });
-}
-
-function assertEquals<T>(actual: T, expected: T, what: string): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
-}
-
-function assert(condition: boolean, what: string): void {
-  if (!condition) throw new Error(what);
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A user of this run with the named projects, each with the running cap given (null: default). */
 async function createFixture(admin: Sql, label: string, caps: (number | null)[]) {

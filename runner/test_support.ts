@@ -7,6 +7,7 @@ import postgres from "postgres";
 import { type Config, loadConfig } from "./config.ts";
 import { createPostgresQueueDb, createSupabaseQueueDb, type QueueDb } from "./db.ts";
 import { memoryLogger } from "./log.ts";
+import { sleep } from "./testing/assert.ts";
 import { signJwt, startPostgrestStandin } from "./testing/postgrest_standin.ts";
 
 export const DATABASE_URL = Deno.env.get("DATABASE_URL") ??
@@ -17,23 +18,7 @@ export const FAKE_OPENROUTER_KEY = "sk-or-test-fake-key-not-real";
 export const FAKE_SERVICE_KEY_SECRET = "test-jwt-secret-not-real-0123456789abcdef";
 export const FAKE_HTTP_SECRET = "test-runner-secret-not-real";
 
-export function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new Error(`assertion failed: ${message}`);
-}
-
-export function assertEquals<T>(actual: T, expected: T, message: string): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${message}: expected ${e}, got ${a}`);
-}
-
-export function assertMatch(actual: unknown, pattern: RegExp, message: string): void {
-  if (typeof actual !== "string" || !pattern.test(actual)) {
-    throw new Error(`${message}: expected a match for ${pattern}, got ${JSON.stringify(actual)}`);
-  }
-}
-
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+export { assert, assertEquals, assertMatch, sleep } from "./testing/assert.ts";
 
 /** Polls until `check` returns a truthy value, or fails after `ms`. */
 export async function eventually<T>(check: () => Promise<T>, message: string, ms = 5000) {
