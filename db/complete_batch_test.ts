@@ -10,12 +10,8 @@
 //
 //   deno test --allow-net --allow-env db/complete_batch_test.ts
 
-import postgres from "postgres";
-
-const url = Deno.env.get("DATABASE_URL");
-if (!url) {
-  throw new Error("DATABASE_URL is not set: point it at a migrated database, e.g. ai_tasks_test");
-}
+import type postgres from "postgres";
+import { assert, assertEquals, connect as connectAs, type Sql } from "./test_support.ts";
 
 const CONNECTIONS = 8;
 const PROJECTS = 4;
@@ -25,25 +21,7 @@ const BATCH_SIZE = 20;
 // instead of hanging it.
 const DEADLINE_MS = 240_000;
 
-type Sql = ReturnType<typeof postgres>;
-
-function connect(): Sql {
-  return postgres(url!, {
-    max: 1,
-    onnotice: () => {},
-    connection: { application_name: "complete_batch_test" },
-  });
-}
-
-function assertEquals<T>(actual: T, expected: T, what: string): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
-}
-
-function assert(condition: boolean, what: string): void {
-  if (!condition) throw new Error(what);
-}
+const connect = (): Sql => connectAs("complete_batch_test");
 
 interface Entry {
   task_id: string;
