@@ -24,7 +24,6 @@ const DEADLINE_MS = 120_000;
 
 const connect = (): Sql => connectAs("fairness_test");
 
-
 /** A user of this run with the named projects, each with the running cap given (null: default). */
 async function createFixture(admin: Sql, label: string, caps: (number | null)[]) {
   const userId = crypto.randomUUID();
@@ -60,9 +59,11 @@ async function assertQueueEmptyBesides(admin: Sql, projectIds: string[]) {
     select count(*)::int as others from public.ai_tasks
     where status = 'queued' and run_at <= now() + interval '1 minute'
       and project_id <> all(${admin.array(projectIds)}::uuid[])`;
-  assert(others === 0,
+  assert(
+    others === 0,
     `${others} queued tasks of other projects are in this database; the fairness test ` +
-      "claims without a project filter, so run it on a scratch database (make test-fairness)");
+      "claims without a project filter, so run it on a scratch database (make test-fairness)",
+  );
 }
 
 Deno.test({
@@ -77,8 +78,10 @@ Deno.test({
     // The default cap is what is under test; only a default that lets one
     // project fill every slot would make the scenario meaningless.
     const burstCap = cap < IN_FLIGHT ? null : 4;
-    const fixture = await createFixture(admin, "fairness",
-      [burstCap, ...Array(SMALL_PROJECTS).fill(null)]);
+    const fixture = await createFixture(admin, "fairness", [
+      burstCap,
+      ...Array(SMALL_PROJECTS).fill(null),
+    ]);
     const [burst, ...small] = fixture.projectIds;
     const model = "fairness-test/burst";
     let stop = false;
@@ -111,7 +114,9 @@ Deno.test({
         while (!stop) {
           const rows = await admin`
             select project_id, count(*)::int as running from public.ai_tasks
-            where status = 'running' and project_id = any(${admin.array(fixture.projectIds)}::uuid[])
+            where status = 'running' and project_id = any(${
+            admin.array(fixture.projectIds)
+          }::uuid[])
             group by project_id`;
           for (const r of rows) {
             const i = projectIndex.get(r.project_id)!;
@@ -175,14 +180,21 @@ Deno.test({
       );
 
       for (const [p, at] of firsts.entries()) {
-        assert(at < burst50,
-          `small project ${p + 1}'s first task finished at ${at}, after the burst's 50th (${burst50})`);
+        assert(
+          at < burst50,
+          `small project ${
+            p + 1
+          }'s first task finished at ${at}, after the burst's 50th (${burst50})`,
+        );
       }
       const limit = burstCap ?? cap;
       for (const [p, n] of maxRunning) {
         assert(n <= limit, `project ${p} ran ${n} tasks at once, over its cap of ${limit}`);
       }
-      assert((maxRunning.get(0) ?? 0) >= 2, "the burst never ran in parallel: the test proved nothing");
+      assert(
+        (maxRunning.get(0) ?? 0) >= 2,
+        "the burst never ran in parallel: the test proved nothing",
+      );
     } finally {
       stop = true;
       await fixture.drop();
@@ -212,20 +224,28 @@ Deno.test({
       // Twenty rounds: all eight connections claim a batch of 10 at once.
       const handedOut: number[] = [];
       for (let round = 0; round < 20; round++) {
-        const got = await Promise.all(workers.map((w, i) =>
-          w`select id, attempt from public.claim_ai_task(${`caps-${i}`}, batch_size => 10)`
-        ));
+        const got = await Promise.all(
+          workers.map((w, i) =>
+            w`select id, attempt from public.claim_ai_task(${`caps-${i}`}, batch_size => 10)`
+          ),
+        );
         handedOut.push(got.reduce((sum, rows) => sum + rows.length, 0));
         for (const [i, rows] of got.entries()) {
           for (const t of rows) {
-            await workers[i]`select public.complete_ai_task(${t.id}::uuid, ${t.attempt}::int, 'ok')`;
+            await workers[
+              i
+            ]`select public.complete_ai_task(${t.id}::uuid, ${t.attempt}::int, 'ok')`;
           }
         }
       }
-      console.log(`caps: 8 racing batch claims per round on a project capped at 3 took ` +
-        handedOut.join(" "));
-      assert(handedOut.every((n) => n === 3),
-        `a round handed out other than exactly the cap of 3: ${handedOut.join(" ")}`);
+      console.log(
+        `caps: 8 racing batch claims per round on a project capped at 3 took ` +
+          handedOut.join(" "),
+      );
+      assert(
+        handedOut.every((n) => n === 3),
+        `a round handed out other than exactly the cap of 3: ${handedOut.join(" ")}`,
+      );
 
       // A model allowed 5 requests a minute, with tasks in 8 projects: 8 racing
       // batches of 3 get 5 in all.
@@ -239,12 +259,16 @@ Deno.test({
       // Far from a minute's end, so the race cannot straddle two windows.
       const [{ seconds }] = await admin`select extract(second from now())::int as seconds`;
       if (seconds > 55) await sleep((61 - seconds) * 1000);
-      const got = await Promise.all(workers.map((w, i) =>
-        w`select id from public.claim_ai_task(${`rpm-${i}`}, batch_size => 3)`
-      ));
+      const got = await Promise.all(
+        workers.map((w, i) =>
+          w`select id from public.claim_ai_task(${`rpm-${i}`}, batch_size => 3)`
+        ),
+      );
       const total = got.reduce((sum, rows) => sum + rows.length, 0);
-      console.log(`rpm: 8 racing batch claims of 3 on a model allowed 5 a minute took ` +
-        got.map((r) => r.length).join(" ") + ` = ${total}`);
+      console.log(
+        `rpm: 8 racing batch claims of 3 on a model allowed 5 a minute took ` +
+          got.map((r) => r.length).join(" ") + ` = ${total}`,
+      );
       assertEquals(total, 5, "tasks of the limited model handed out in one minute");
     } finally {
       await fixture.drop([limited]);
@@ -330,16 +354,23 @@ Deno.test({
       );
       assertEquals(tasks.completed, TASKS, "tasks completed");
       assertEquals(tasks.with_errors, 0, "tasks with an error recorded");
-      assertEquals(tasks.attempts_spent, 0,
-        "tasks that spent more than the one attempt that succeeded");
+      assertEquals(
+        tasks.attempts_spent,
+        0,
+        "tasks that spent more than the one attempt that succeeded",
+      );
       assertEquals(tasks.snoozes, refusals, "snoozes (one per refusal)");
       // Only the first wave, already in flight when the first 429 came back,
       // hits the refusing provider: the model's pause stops further claims.
-      assert(refusals <= IN_FLIGHT,
-        `${refusals} refusals: claims went on handing out the paused model`);
+      assert(
+        refusals <= IN_FLIGHT,
+        `${refusals} refusals: claims went on handing out the paused model`,
+      );
       assert(first >= RETRY_AFTER_SECONDS, `a task completed at ${first} s, inside the wait`);
-      assert(last < RETRY_AFTER_SECONDS + 5,
-        `the queue took until ${last.toFixed(2)} s to drain after the wait`);
+      assert(
+        last < RETRY_AFTER_SECONDS + 5,
+        `the queue took until ${last.toFixed(2)} s to drain after the wait`,
+      );
     } finally {
       await fixture.drop([model]);
       await Promise.all([admin, ...workers].map((c) => c.end({ timeout: 5 })));
@@ -361,10 +392,12 @@ Deno.test({
       await Promise.all(clients.map((c) => c`select 1`));
       const distinct: number[] = [];
       for (let k = 0; k < KEYS; k++) {
-        const ids = await Promise.all(clients.map((c) =>
-          c`select public.enqueue_ai_task(${project}::uuid, message => ${`request ${k}`},
+        const ids = await Promise.all(
+          clients.map((c) =>
+            c`select public.enqueue_ai_task(${project}::uuid, message => ${`request ${k}`},
                                           idempotency_key => ${`key-${k}`}) as id`
-        ));
+          ),
+        );
         distinct.push(new Set(ids.map(([r]) => r.id)).size);
       }
       const [rows] = await admin`
@@ -372,11 +405,16 @@ Deno.test({
                (select count(*)::int from public.chat_messages
                 where project_id = ${project}::uuid) as messages
         from public.ai_tasks where project_id = ${project}::uuid`;
-      console.log(`dedup: ${KEYS} keys x ${IN_FLIGHT} racing enqueues -> ${rows.tasks} tasks, ` +
-        `${rows.messages} user messages`);
+      console.log(
+        `dedup: ${KEYS} keys x ${IN_FLIGHT} racing enqueues -> ${rows.tasks} tasks, ` +
+          `${rows.messages} user messages`,
+      );
       assert(distinct.every((n) => n === 1), `some race returned several ids: ${distinct}`);
-      assertEquals(rows, { tasks: KEYS, keys: KEYS, messages: KEYS },
-        "tasks, keys and messages after the races");
+      assertEquals(
+        rows,
+        { tasks: KEYS, keys: KEYS, messages: KEYS },
+        "tasks, keys and messages after the races",
+      );
     } finally {
       await fixture.drop();
       await Promise.all([admin, ...clients].map((c) => c.end({ timeout: 5 })));
