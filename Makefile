@@ -17,7 +17,7 @@ TEST_DB := ai_tasks_test
 LOCAL_URL := postgres://postgres@127.0.0.1:$(PGPORT)
 TEST_URL := $(LOCAL_URL)/$(TEST_DB)
 
-.PHONY: help tools db db-stop migrate run seed worker test test-sql test-concurrency \
+.PHONY: help tools db db-stop migrate run seed worker lint test test-sql test-concurrency \
         test-fairness test-runner test-db clean
 
 help: ## List the targets
@@ -78,7 +78,11 @@ test-fairness: test-db ## Running caps, round-robin, model limits and 429 snooze
 test-runner: test-db ## The runner's tests (deno test) against the local database
 	DATABASE_URL="$(TEST_URL)" deno task test
 
-test: test-sql test-concurrency test-fairness test-runner ## Everything, from nothing
+lint: tools ## deno lint and deno fmt --check over the TypeScript
+	deno lint
+	deno fmt --check runner db chaos supabase bench/workers
+
+test: lint test-sql test-concurrency test-fairness test-runner ## Everything, from nothing
 
 # The chaos suite restarts the local cluster once (a few seconds): other
 # users of the cluster see their connections drop. Its logs go to a temporary
