@@ -10,6 +10,7 @@ import type { QueueDb } from "./db.ts";
 import { createHandler } from "./http.ts";
 import { memoryLogger } from "./log.ts";
 import { createModel } from "./model.ts";
+import { assertEquals } from "./testing/assert.ts";
 
 const DATABASE_URL = Deno.env.get("DATABASE_URL");
 if (!DATABASE_URL) {
@@ -17,11 +18,6 @@ if (!DATABASE_URL) {
     "dispatch_contract_test: SKIPPED, DATABASE_URL is not set " +
       "(e.g. postgres://postgres@127.0.0.1:54329/dev_ops after scripts/migrate.sh)",
   );
-}
-
-function assertEquals<T>(actual: T, expected: T, msg: string) {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${msg}: expected ${e}, got ${a}`);
 }
 
 const SERVICE_KEY = "service-role-key-for-the-contract-test";

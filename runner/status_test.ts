@@ -5,6 +5,7 @@
 import postgres from "postgres";
 import { signJwt, startPostgrestStandin } from "./testing/postgrest_standin.ts";
 import { CLEAR, renderStats, seconds, type Stats, table } from "./status.ts";
+import { assert, assertEquals } from "./testing/assert.ts";
 
 const DATABASE_URL = Deno.env.get("DATABASE_URL");
 if (!DATABASE_URL) {
@@ -12,15 +13,6 @@ if (!DATABASE_URL) {
     "status_test: database tests SKIPPED, DATABASE_URL is not set " +
       "(e.g. postgres://postgres@127.0.0.1:54329/dev_ops after scripts/migrate.sh)",
   );
-}
-
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(`assertion failed: ${msg}`);
-}
-
-function assertEquals<T>(actual: T, expected: T, msg: string) {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${msg}: expected ${e}, got ${a}`);
 }
 
 /** The line of `output` that starts (after indentation) with `label`, split into cells. */

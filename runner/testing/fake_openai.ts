@@ -11,6 +11,8 @@
 // prints {"url": ...} on stdout, serves until SIGTERM/SIGINT, then prints the
 // counts of what it served per kind on stderr as one JSON line.
 
+import { serveOnLoopback } from "./serve.ts";
+
 export type Usage = {
   prompt_tokens: number;
   completion_tokens: number;
@@ -423,16 +425,10 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     return await serveScenario(next, rec, shutdown.signal);
   };
 
-  const { promise: listening, resolve } = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
-    hostname: "127.0.0.1",
-    port: opts.port ?? 0,
-    onListen: (addr) => resolve(addr as Deno.NetAddr),
-  }, handler);
-  const addr = await listening;
+  const { server, port } = await serveOnLoopback(handler, opts.port);
 
   return {
-    url: `http://127.0.0.1:${addr.port}/v1`,
+    url: `http://127.0.0.1:${port}/v1`,
     requests,
     push: (...s) => void queue.push(...s),
     setDefault: (s) => void (fallback = s),

@@ -10,15 +10,7 @@ import {
   runCli,
   startFakeOpenAI,
 } from "./fake_openai.ts";
-
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(`assertion failed: ${msg}`);
-}
-
-function assertEquals<T>(actual: T, expected: T, msg: string) {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${msg}: expected ${e}, got ${a}`);
-}
+import { assert, assertEquals } from "./assert.ts";
 
 async function rejects(fn: () => Promise<unknown>, msg: string): Promise<unknown> {
   try {

@@ -17,6 +17,7 @@
 // params=single-object, tx), HEAD, array bodies (bulk calls), functions
 // taking one unnamed json parameter, and schema-cache reload by NOTIFY.
 import postgres from "postgres";
+import { serveOnLoopback } from "./serve.ts";
 
 const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
 // PostgREST accepts tokens up to 30 s early or late to absorb clock skew.
@@ -487,16 +488,10 @@ export async function startPostgrestStandin(
     }
   };
 
-  const { promise: listening, resolve } = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
-    hostname: "127.0.0.1",
-    port: opts.port ?? 0,
-    onListen: (addr) => resolve(addr as Deno.NetAddr),
-  }, handler);
-  const addr = await listening;
+  const { server, port } = await serveOnLoopback(handler, opts.port);
 
   return {
-    url: `http://127.0.0.1:${addr.port}`,
+    url: `http://127.0.0.1:${port}`,
     close: async () => {
       await server.shutdown();
       await sql.end({ timeout: 5 });

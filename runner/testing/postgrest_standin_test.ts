@@ -4,6 +4,7 @@
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import postgres from "postgres";
 import { signJwt, startPostgrestStandin } from "./postgrest_standin.ts";
+import { assert, assertEquals } from "./assert.ts";
 
 const DATABASE_URL = Deno.env.get("DATABASE_URL");
 if (!DATABASE_URL) {
@@ -11,15 +12,6 @@ if (!DATABASE_URL) {
     "postgrest_standin_test: SKIPPED, DATABASE_URL is not set " +
       "(e.g. postgres://postgres@127.0.0.1:54329/dev_fixtures after scripts/migrate.sh)",
   );
-}
-
-function assert(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(`assertion failed: ${msg}`);
-}
-
-function assertEquals<T>(actual: T, expected: T, msg: string) {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${msg}: expected ${e}, got ${a}`);
 }
 
 const SECRET = "standin-test-secret-that-is-long-enough-0123456789";
