@@ -7,6 +7,17 @@
 -- `jsonb` with a temporary type plus a cast and have a SECURITY DEFINER
 -- function run the cast's code with the owner's rights. Listing pg_temp last
 -- leaves it nothing to shadow; objects are still schema-qualified.
+--
+-- The functions a worker or an enqueuer calls at volume also set
+-- `enable_seqscan = off`. ai_tasks swings from empty to hundreds of thousands
+-- of rows and back; plpgsql keeps a session's plans, and a plan made while the
+-- table looked small reads it whole on every call once it has grown (draining
+-- 20,000 tasks ran five times slower whenever the worker's plans were made
+-- before the table filled). Every read these functions make has an index, so
+-- the setting only forbids plans that stop being right. They set `jit = off`
+-- with it: a scan of a small table with no useful index (ai_model_limits)
+-- keeps its seq scan at a "disabled" cost so high that the statement would be
+-- JIT-compiled, 70 ms for a read of microseconds.
 
 -- Raise the project's "bad argument" error: the argument, the rule, the value.
 create or replace function ai_queue.invalid_argument(
@@ -187,6 +198,8 @@ create or replace function ai_queue.reap_expired_leases(max_tasks integer defaul
 returns integer
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 declare
   reaped integer;

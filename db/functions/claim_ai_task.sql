@@ -29,6 +29,8 @@ create or replace function public.claim_ai_task(
 ) returns setof public.ai_task_claim
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 #variable_conflict use_column
 declare

@@ -15,6 +15,8 @@ create or replace function public.complete_ai_task(
 ) returns uuid
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 declare
   done public.ai_task_completion;

@@ -24,6 +24,8 @@ create or replace function public.enqueue_ai_task(
 ) returns uuid
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 #variable_conflict use_column
 declare

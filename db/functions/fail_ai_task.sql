@@ -13,6 +13,8 @@ create or replace function public.fail_ai_task(
 ) returns text
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 #variable_conflict use_column
 declare

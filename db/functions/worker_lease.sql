@@ -10,6 +10,8 @@ create or replace function public.extend_ai_task_lease(
 ) returns boolean
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 #variable_conflict use_column
 begin
@@ -41,6 +43,8 @@ create or replace function public.release_ai_task(
 ) returns boolean
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 #variable_conflict use_column
 declare
@@ -83,6 +87,8 @@ create or replace function public.stream_ai_task_reply(
 ) returns boolean
 language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
 #variable_conflict use_column
 declare
@@ -117,6 +123,8 @@ $$;
 create or replace function public.reap_expired_ai_tasks() returns integer
 language sql volatile security definer
 set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+set jit = off
 as $$
   select ai_queue.reap_expired_leases(10000)
 $$;
