@@ -19,6 +19,9 @@
 -- keeps its seq scan at a "disabled" cost so high that the statement would be
 -- JIT-compiled, 70 ms for a read of microseconds.
 
+-- The claim reads a task's chat history in its own statement now.
+drop function if exists ai_queue.history(uuid, timestamptz, integer);
+
 -- Raise the project's "bad argument" error: the argument, the rule, the value.
 create or replace function ai_queue.invalid_argument(
   argument text, rule text, got text, hint text default null
@@ -112,10 +115,9 @@ as $$
     least(600, 5 * power(2, least(greatest(attempt, 1), 20) - 1)) * (1 + random() * 0.25))
 $$;
 
--- log and history are plpgsql rather than SQL functions: a SQL function with a
--- pinned search_path cannot be inlined, so it is planned again on every call,
--- while plpgsql keeps its plan for the session (about a tenth of a one-task
--- claim, measured with db/fairness_bench.sql).
+-- log is plpgsql rather than a SQL function: a SQL function with a pinned
+-- search_path cannot be inlined, so it is planned again on every call, while
+-- plpgsql keeps its plan for the session.
 create or replace function ai_queue.log(
   project_id uuid, task_id uuid, log_type text, message text, metadata jsonb default '{}'
 ) returns void
@@ -128,32 +130,6 @@ begin
 end;
 $$;
 
--- The chat history a task answers: the project's last `max_messages` messages
--- written up to the task's creation, oldest first, as [{role, content}].
--- Replies still being streamed are left out.
-create or replace function ai_queue.history(
-  project_id uuid, up_to timestamptz, max_messages integer default 10
-) returns jsonb
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-  return (
-    select coalesce(
-      jsonb_agg(jsonb_build_object('role', m.role, 'content', m.content)
-                order by m.created_at, m.seq),
-      '[]'::jsonb)
-    from (
-      select cm.role, cm.content, cm.created_at, cm.seq
-      from public.chat_messages cm
-      where cm.project_id = history.project_id
-        and cm.created_at <= history.up_to
-        and not cm.streaming
-      order by cm.created_at desc, cm.seq desc
-      limit history.max_messages
-    ) m);
-end;
-$$;
 
 -- Who may act on a project's tasks. A signed-in user must own the project; a
 -- caller with no user (the service role, or a direct database connection of
@@ -205,7 +181,7 @@ declare
   reaped integer;
 begin
   with expired as (
-    select t.id
+    select t.id, t.locked_by
     from public.ai_tasks t
     where t.status = 'running' and t.locked_until < now()
     order by t.locked_until
@@ -226,7 +202,8 @@ begin
       updated_at = now()
     from expired
     where t.id = expired.id
-    returning t.id, t.project_id, t.status, t.attempts, t.max_attempts, t.error
+    returning t.id, t.project_id, t.status, t.attempts, t.max_attempts, t.error,
+              expired.locked_by as worker
   ), partial_replies as (
     delete from public.chat_messages m
     using reset
@@ -239,8 +216,8 @@ begin
               then format('task failed: %s, and it was the last of %s attempts',
                           r.error, r.max_attempts)
               else format('task requeued: %s', r.error) end,
-         jsonb_build_object('event', 'lease_expired', 'attempt', r.attempts,
-                            'status', r.status)
+         jsonb_build_object('event', 'lease_expired', 'worker', r.worker,
+                            'attempt', r.attempts, 'status', r.status)
   from reset r;
 
   get diagnostics reaped = row_count;
@@ -256,7 +233,6 @@ revoke all on function
   ai_queue.raise_not_held(public.ai_tasks, integer),
   ai_queue.retry_delay(integer),
   ai_queue.log(uuid, uuid, text, text, jsonb),
-  ai_queue.history(uuid, timestamptz, integer),
   ai_queue.authorize_project(uuid),
   ai_queue.reap_expired_leases(integer)
 from public, anon, authenticated;

@@ -81,6 +81,7 @@ begin
       with ordinality c (task_id, attempt, content, result, model, n)
   ), judged as (
     select g.*, t.project_id, t.status, t.attempts as held_attempt, t.model as task_model,
+           t.locked_by as worker,
            case when t.id is null then 'not_found'
                 when t.status = 'completed' and t.attempts = g.attempt then 'already_completed'
                 when t.status = 'running' and t.attempts = g.attempt then 'completed'
@@ -117,9 +118,10 @@ begin
     where t.id = j.task_id and t.id = any (task_ids) and j.outcome = 'completed'
   ), logged as (
     insert into public.build_logs (project_id, task_id, log_type, message, metadata)
-    select j.project_id, j.task_id, 'info', format('task completed on attempt %s', j.attempt),
-           jsonb_build_object('event', 'completed', 'attempt', j.attempt, 'message_id', a.id,
-                              'model', coalesce(j.model, j.task_model))
+    select j.project_id, j.task_id, 'info',
+           format('task completed by %s on attempt %s', j.worker, j.attempt),
+           jsonb_build_object('event', 'completed', 'worker', j.worker, 'attempt', j.attempt,
+                              'message_id', a.id, 'model', coalesce(j.model, j.task_model))
     from judged j
     join answers a on a.task_id = j.task_id
     order by j.n

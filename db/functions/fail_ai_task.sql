@@ -80,7 +80,7 @@ begin
                   attempt, round(extract(epoch from delay)), error_text)
     end,
     jsonb_build_object('event', case when final then 'failed' else 'retry_scheduled' end,
-                       'attempt', attempt, 'retryable', retryable,
+                       'worker', task.locked_by, 'attempt', attempt, 'retryable', retryable,
                        'retry_in_seconds', round(extract(epoch from delay), 3)));
   return next_status;
 end;

@@ -76,7 +76,8 @@ begin
   perform ai_queue.log(task.project_id, task.id, 'warning',
     format('attempt %s snoozed for %s s, not spent: %s',
            attempt, round(extract(epoch from delay)), reason_text),
-    jsonb_build_object('event', 'snoozed', 'attempt', attempt, 'model', task_model,
+    jsonb_build_object('event', 'snoozed', 'worker', task.locked_by, 'attempt', attempt,
+                       'model', task_model,
                        'snoozes', task.snoozes + 1,
                        'retry_in_seconds', round(extract(epoch from delay), 3)));
   return 'queued';

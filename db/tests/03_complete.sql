@@ -36,7 +36,7 @@ select is(
   (select message from public.build_logs
    where task_id = 'c0000000-0000-4000-8000-000000000001'
      and metadata ->> 'event' = 'completed'),
-  'task completed on attempt 1',
+  'task completed by worker-1 on attempt 1',
   'completing writes a build log');
 select is(
   (select metadata ->> 'message_id' from public.build_logs

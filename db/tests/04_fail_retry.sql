@@ -59,10 +59,12 @@ select is(
     'retryable', true, 'worker', 'worker-1', 'at', now())),
   'the error history records the attempt, the error and the worker');
 select is(
-  (select log_type || ': ' || (metadata ->> 'event') from public.build_logs
+  (select log_type || ': ' || (metadata ->> 'event') || ' by ' || (metadata ->> 'worker')
+   from public.build_logs
    where task_id = 'c0000000-0000-4000-8000-000000000001'
    order by id desc limit 1),
-  'warning: retry_scheduled', 'a scheduled retry is logged as a warning');
+  'warning: retry_scheduled by worker-1',
+  'a scheduled retry is logged as a warning naming the worker');
 select is_empty(
   $$select * from public.claim_ai_task('worker-2')$$,
   'the failed task is not claimed before its backoff has passed');

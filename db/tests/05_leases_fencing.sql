@@ -114,10 +114,10 @@ select is(
     || 'and it was the last of 1 attempts',
   'the reaped last attempt is logged as the failure');
 select is(
-  (select log_type from public.build_logs
+  (select log_type || ' ' || (metadata ->> 'worker') from public.build_logs
    where task_id = 'c0000000-0000-4000-8000-000000000002'
      and metadata ->> 'event' = 'lease_expired'),
-  'warning', 'a requeued lease is logged as a warning');
+  'warning worker-old', 'a requeued lease is logged as a warning naming the worker');
 select throws_ok(
   $$select public.complete_ai_task('c0000000-0000-4000-8000-000000000003', 1, 'late')$$,
   'AQ001',
@@ -178,9 +178,10 @@ select is(
    where id = 'c0000000-0000-4000-8000-000000000005'),
   3, 'the release gives the attempt back: all three attempts are still left');
 select is(
-  (select log_type || ': ' || (metadata ->> 'event') from public.build_logs
+  (select log_type || ': ' || message || ' ' || (metadata ->> 'worker') from public.build_logs
    where task_id = 'c0000000-0000-4000-8000-000000000005' order by id desc limit 1),
-  'info: released', 'the release is logged');
+  'info: task released by worker-old; attempt 1 was not spent worker-old',
+  'the release is logged, naming the worker');
 select ok(not public.release_ai_task('c0000000-0000-4000-8000-000000000005',
                                      (select attempt from first_claim)),
   'releasing twice returns false the second time');

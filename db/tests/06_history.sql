@@ -2,7 +2,7 @@
 -- messages written up to the task's creation, oldest first, never a reply
 -- still being streamed, never another project's messages.
 begin;
-select plan(8);
+select plan(7);
 
 insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'owner@example.test');
@@ -71,13 +71,6 @@ select is(
      project_id => 'a2000000-0000-4000-8000-000000000002')),
   '[{"role": "user", "content": "elsewhere"}, {"role": "user", "content": "What now?"}]'::jsonb,
   'the task''s own message closes its history');
-
--- ---------------------------------------------------------------- history helper
-select is(
-  ai_queue.history('a1000000-0000-4000-8000-000000000001', now(), 3),
-  '[{"role": "user", "content": "m11"}, {"role": "assistant", "content": "m12"},
-    {"role": "user", "content": "too late"}]'::jsonb,
-  'the history helper honours another size and a later cut-off');
 
 select * from finish();
 rollback;

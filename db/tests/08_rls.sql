@@ -11,7 +11,7 @@
 -- and the JWT claims in request.jwt.claims. PostgREST itself cannot be
 -- installed here, so the HTTP layer in front of these roles is not exercised.
 begin;
-select plan(150);
+select plan(148);
 
 insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'owner@example.test'),
@@ -143,9 +143,6 @@ select throws_ok($$select ai_queue.reap_expired_leases(10)$$, '42501',
 select throws_ok(
   $$select ai_queue.log('a1000000-0000-4000-8000-000000000001', null, 'info', 'forged')$$, '42501',
   'permission denied for function log', 'anon cannot execute ai_queue.log');
-select throws_ok(
-  $$select ai_queue.history('b1000000-0000-4000-8000-000000000001', now())$$, '42501',
-  'permission denied for function history', 'anon cannot execute ai_queue.history');
 select throws_ok($$select ai_queue.invalid_argument('a', 'b', 'c')$$, '42501',
   'permission denied for function invalid_argument',
   'anon cannot execute ai_queue.invalid_argument');
@@ -467,9 +464,6 @@ select throws_ok($$select ai_queue.reap_expired_leases(10)$$, '42501',
 select throws_ok(
   $$select ai_queue.log('a1000000-0000-4000-8000-000000000001', null, 'info', 'forged')$$, '42501',
   'permission denied for function log', 'the owner cannot execute ai_queue.log');
-select throws_ok(
-  $$select ai_queue.history('b1000000-0000-4000-8000-000000000001', now())$$, '42501',
-  'permission denied for function history', 'the owner cannot execute ai_queue.history');
 select throws_ok($$select ai_queue.invalid_argument('a', 'b', 'c')$$, '42501',
   'permission denied for function invalid_argument',
   'the owner cannot execute ai_queue.invalid_argument');

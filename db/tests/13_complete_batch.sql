@@ -73,9 +73,9 @@ select results_eq(
     from public.build_logs l
     where l.task_id = 'c0000000-0000-4000-8000-000000000001'
       and l.metadata ->> 'event' = 'completed'$$,
-  $$select 'info'::text, 'task completed on attempt 1'::text,
-           jsonb_build_object('event', 'completed', 'attempt', 1, 'message_id', b.message_id,
-                              'model', 'anthropic/claude-3-haiku')
+  $$select 'info'::text, 'task completed by worker-1 on attempt 1'::text,
+           jsonb_build_object('event', 'completed', 'worker', 'worker-1', 'attempt', 1,
+                              'message_id', b.message_id, 'model', 'anthropic/claude-3-haiku')
     from batch b where b.task_id = 'c0000000-0000-4000-8000-000000000001'$$,
   'a completed entry writes one build log pointing at its answer');
 select row_eq(

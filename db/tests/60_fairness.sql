@@ -24,14 +24,23 @@ returns void language sql as $$
 $$;
 
 -- What a claim hands out, in its order, as 'project#n' ('fair ' left off).
+-- Every task handed out is also recorded in handed_out.
+create temp table handed_out (id uuid) on commit drop;
 create function pg_temp.claim(batch integer, only_project text default null)
 returns text[] language sql as $$
+  with c as (
+    select *
+    from public.claim_ai_task('worker-fair',
+           (select id from public.projects where name = only_project), batch)
+         with ordinality as c (id, project_id, user_id, type, payload, model, priority,
+                               attempt, max_attempts, created_at, lease_expires_at, history,
+                               ord)
+  ), recorded as (
+    insert into handed_out select c.id from c
+  )
   select coalesce(array_agg(substr(p.name, 6) || '#' || (c.payload ->> 'n') order by c.ord),
                   '{}')
-  from public.claim_ai_task('worker-fair',
-         (select id from public.projects where name = only_project), batch)
-       with ordinality as c (id, project_id, user_id, type, payload, model, priority,
-                             attempt, max_attempts, created_at, lease_expires_at, history, ord)
+  from c
   join public.projects p on p.id = c.project_id
 $$;
 
@@ -105,10 +114,11 @@ select is(
                                  from public.ai_queue_settings))) over_cap),
   0, 'no project runs more tasks than its cap');
 select is(
-  (select count(*)::integer from public.build_logs l
-   where l.metadata ->> 'event' = 'claimed' and l.metadata ->> 'worker' = 'worker-fair'),
-  (select count(*)::integer from public.ai_tasks where attempts > 0),
-  'every task handed out was claimed exactly once');
+  (select array[count(*), count(distinct id)]::integer[] from handed_out),
+  (select array[count(*) filter (where attempts > 0),
+                count(*) filter (where attempts = 1)]::integer[]
+   from public.ai_tasks),
+  'every task handed out was claimed exactly once, and no other task was');
 
 select * from finish();
 rollback;

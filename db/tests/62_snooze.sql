@@ -49,12 +49,13 @@ select is_empty(
     where task_id = 'f2000000-0000-4000-8000-000000000621'$$,
   'the partial streamed reply is removed');
 select row_eq(
-  $$select message, log_type, metadata ->> 'retry_in_seconds', metadata ->> 'snoozes'
+  $$select message, log_type, metadata ->> 'retry_in_seconds', metadata ->> 'snoozes',
+           metadata ->> 'worker'
     from public.build_logs
     where task_id = 'f2000000-0000-4000-8000-000000000621'
       and metadata ->> 'event' = 'snoozed'$$,
   row('attempt 1 snoozed for 10 s, not spent: rate limited'::text, 'warning'::text,
-      '10.000'::text, '1'::text),
+      '10.000'::text, '1'::text, 'worker-snooze'::text),
   'the snooze is logged as a warning with its wait');
 
 -- ---------------------------------------------------------------- the model learns
