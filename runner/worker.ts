@@ -34,6 +34,9 @@ export interface WorkerSummary extends RunStats {
   tasks_per_second: number;
 }
 
+/** How long a worker with a few free slots waits for more before claiming. */
+const GATHER_MS = 10;
+
 /** A promise that any of several events can resolve early: NOTIFY, a free slot, stop. */
 class Wakeup {
   #resolve: (() => void) | null = null;
@@ -93,19 +96,32 @@ export class Worker {
   async #run(): Promise<void> {
     const { db, config, log, drain = false } = this.options;
     const unlisten = this.options.listen === false ? null : await this.#listen();
-    // Below this many free slots the worker waits for more to free up rather
-    // than send a claim for one or two tasks, while tasks are plentiful.
+    // Below this many free slots the worker waits a moment for more to free
+    // up rather than send a claim for one or two tasks, while tasks are
+    // plentiful; after GATHER_MS it claims whatever is free. (Waiting for the
+    // low-water mark alone left slots idle for a whole model call whenever
+    // tasks finished together: 100 in flight ran at 72% of the ideal rate.)
     const lowWater = Math.max(1, Math.floor(Math.min(config.batchSize, config.concurrency) / 2));
     let idleMs = config.pollMs;
     let lastClaimFull = false;
+    let gatherUntil: number | null = null;
     let dbDown = false;
 
     while (!this.#stopping) {
       const free = config.concurrency - this.#inFlight.size;
-      if (free <= 0 || (lastClaimFull && free < lowWater && this.#inFlight.size > 0)) {
+      if (free <= 0) {
         await this.#wakeup.wait(config.pollMaxMs);
         continue;
       }
+      if (lastClaimFull && free < lowWater && this.#inFlight.size > 0) {
+        gatherUntil ??= performance.now() + GATHER_MS;
+        const left = gatherUntil - performance.now();
+        if (left > 0) {
+          await this.#wakeup.wait(left);
+          continue;
+        }
+      }
+      gatherUntil = null;
 
       let tasks: ClaimedTask[];
       const want = Math.min(config.batchSize, free);

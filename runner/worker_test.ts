@@ -86,6 +86,42 @@ for (const path of DB_PATHS) {
         },
       );
 
+      await t.step(
+        "a slot freed after a full claim is filled while the other tasks still run",
+        async () => {
+          // Four slots, batches of four: one slot is below the low-water mark
+          // of two, yet it must not wait for the long tasks to end.
+          fake.setDefault((req) => {
+            const last = req.body.messages.findLast((m: { role: string }) => m.role === "user");
+            const delayMs = last?.content === "m0"
+              ? 50
+              : ["m1", "m2", "m3"].includes(last?.content)
+              ? 2500
+              : 0;
+            return { kind: "reply", content: "ok", delayMs };
+          });
+          const { projectId, ids } = await projectWithTasks(5);
+          const { w } = worker(projectId, { RUNNER_CONCURRENCY: "4", RUNNER_BATCH_SIZE: "4" });
+          const running = w.run();
+          try {
+            await eventually(
+              async () => (await rows.task(ids[4])).status === "completed",
+              "the fifth task completes",
+              8000,
+            );
+            const longOnes = await Promise.all(ids.slice(1, 4).map((id) => rows.task(id)));
+            assertEquals(
+              longOnes.map((task) => task.status),
+              ["running", "running", "running"],
+              "the fifth task was done before any long task ended",
+            );
+          } finally {
+            await w.shutdown(100);
+            await running;
+          }
+        },
+      );
+
       await t.step("drain mode exits at once when nothing is due", async () => {
         const { w } = worker(await rows.project(), {}, true);
         await w.run();
