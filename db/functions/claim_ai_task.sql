@@ -328,7 +328,7 @@ begin
 
   -- Step 4: lock the picked tasks (still queued: nobody else decides these
   -- projects now, but a cancel may hold one), mark them running, count them
-  -- in their models' windows, log, and hand them out in the dealt order.
+  -- in their models' windows, and hand them out in the dealt order.
   -- The status is tested after the lookup by id, not in it: a condition on
   -- status would make the queued-task indexes candidates for this read (see
   -- "Index choice" above).
