@@ -74,6 +74,40 @@ export function createLogger(
   };
 }
 
+/**
+ * A sink for a long-lived worker: the lines logged while one piece of work
+ * runs (a claim starting fifty tasks, a batch of completions resolving) go
+ * out in one write when it ends, not in one write each. At info level, two
+ * lines per task written one by one cost the worker a sixth of its drain
+ * rate. Lines wait only for the current job's microtasks; a process killed
+ * outright loses those. Call flush() before exiting.
+ *
+ * The Edge Function keeps console.log: its log collector takes one call as
+ * one event.
+ */
+export function batchedSink(
+  write: (bytes: Uint8Array) => void = (bytes) => writeAll(Deno.stdout, bytes),
+): Sink & { flush(): void } {
+  const encoder = new TextEncoder();
+  let pending: string[] = [];
+  const flush = () => {
+    if (pending.length === 0) return;
+    const text = pending.join("\n") + "\n";
+    pending = [];
+    write(encoder.encode(text));
+  };
+  const sink = (line: string) => {
+    if (pending.length === 0) queueMicrotask(flush);
+    pending.push(line);
+  };
+  return Object.assign(sink, { flush });
+}
+
+function writeAll(file: { writeSync(p: Uint8Array): number }, bytes: Uint8Array): void {
+  let written = 0;
+  while (written < bytes.length) written += file.writeSync(bytes.subarray(written));
+}
+
 /** A logger that keeps lines in memory, for tests. */
 export function memoryLogger(): Logger & { lines: LogFields[] } {
   const lines: LogFields[] = [];

@@ -5,7 +5,7 @@
 import { ConfigError, describeDatabase, loadConfig } from "./config.ts";
 import { createQueueDb } from "./db.ts";
 import { createHandler } from "./http.ts";
-import { createLogger } from "./log.ts";
+import { batchedSink, createLogger } from "./log.ts";
 import { createModel, OFFLINE_MODEL } from "./model.ts";
 import { summaryLine, Worker } from "./worker.ts";
 
@@ -19,7 +19,8 @@ async function runWorker(args: string[]): Promise<number> {
     return 2;
   }
   const config = loadConfig();
-  const log = createLogger(config.logFormat, "runner", undefined, config.logLevel);
+  const sink = batchedSink();
+  const log = createLogger(config.logFormat, "runner", sink, config.logLevel);
   const db = createQueueDb(config);
   const model = createModel(config);
   const drain = args.includes("--drain");
@@ -65,6 +66,7 @@ async function runWorker(args: string[]): Promise<number> {
   await db.close();
   const summary = worker.summary();
   log.say(summaryLine(summary), { ...summary });
+  sink.flush();
   return summary.unrecorded > 0 ? 1 : 0;
 }
 

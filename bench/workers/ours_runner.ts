@@ -10,7 +10,7 @@
 
 import { loadConfig } from "../../runner/config.ts";
 import { createQueueDb } from "../../runner/db.ts";
-import { createLogger, type LogLevel } from "../../runner/log.ts";
+import { batchedSink, createLogger, type LogLevel } from "../../runner/log.ts";
 import { type ChatModel, createOfflineModel } from "../../runner/model.ts";
 import { Worker } from "../../runner/worker.ts";
 
@@ -34,7 +34,13 @@ for (const [name, value] of Object.entries(settings.runnerEnv ?? {})) {
   if (name.startsWith("RUNNER_")) env[name] = String(value);
 }
 const config = loadConfig(env);
-const log = createLogger("json", "runner", undefined, (settings.logLevel ?? "info") as LogLevel);
+// The sink runner/main.ts gives a worker.
+const log = createLogger(
+  "json",
+  "runner",
+  batchedSink(),
+  (settings.logLevel ?? "info") as LogLevel,
+);
 const db = createQueueDb(config);
 
 const offline = createOfflineModel(settings.modelDelayMs ?? 0);
