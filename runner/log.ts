@@ -77,7 +77,7 @@ export function createLogger(
 /**
  * A sink for a long-lived worker: the lines logged while one piece of work
  * runs (a claim starting fifty tasks, a batch of completions resolving) go
- * out in one write when it ends, not in one write each. At info level, two
+ * out in one write when it ends, not in one write each. At info level, three
  * lines per task written one by one cost the worker a sixth of its drain
  * rate. Lines wait only for the current job's microtasks; a process killed
  * outright loses those. Call flush() before exiting.

@@ -37,7 +37,7 @@ export function renderMarkdown({ machine, knobs, results }) {
     "- ours (runner): runner/worker.ts's Worker with the runner's own config, database layer " +
       "and chat_reply handler; RUNNER_CONCURRENCY 100, RUNNER_BATCH_SIZE 50, other RUNNER_* " +
       "defaults (completions batched into complete_ai_tasks, pool of 10); the runner's " +
-      "offline model; JSON logs at info (two lines per task) to a pipe.",
+      "offline model; JSON logs at info (three lines per task: claimed, model_called, completed), written as the runner writes them, to a pipe.",
     "- ours (SQL, unbatched): Node and postgres.js, claim_ai_task batches of 50, up to 100 " +
       "tasks held, pool of 10, one complete_ai_task per task.",
     "- graphile-worker 0.17.3 (fast): concurrency 24, localQueue.size 500, " +

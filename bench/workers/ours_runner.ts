@@ -5,7 +5,7 @@
 // reply), wrapped to note when each task reached it.
 //
 // Settings (BENCH_WORKER): url, concurrency, batchSize, poolSize, modelDelayMs,
-// recordLatency, logLevel (the runner's default is info: two lines per task),
+// recordLatency, logLevel (the runner's default is info: three lines per task),
 // runnerEnv.
 
 import { loadConfig } from "../../runner/config.ts";
