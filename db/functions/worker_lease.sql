@@ -49,9 +49,18 @@ as $$
 #variable_conflict use_column
 declare
   task public.ai_tasks;
-  worker text;
 begin
   perform ai_queue.check_task_attempt(task_id, attempt);
+
+  -- The row as its holder left it: the log names that worker.
+  select * into task from public.ai_tasks t
+  where t.id = release_ai_task.task_id
+    and t.status = 'running'
+    and t.attempts = release_ai_task.attempt
+  for update;
+  if not found then
+    return false;
+  end if;
 
   update public.ai_tasks t set
     status = 'queued',
@@ -60,21 +69,12 @@ begin
     locked_by = null,
     locked_until = null,
     updated_at = now()
-  from (select h.id, h.locked_by from public.ai_tasks h
-        where h.id = release_ai_task.task_id
-        for update) held
-  where t.id = held.id
-    and t.status = 'running'
-    and t.attempts = release_ai_task.attempt
-  returning t.id, t.project_id, held.locked_by into task.id, task.project_id, worker;
-  if not found then
-    return false;
-  end if;
+  where t.id = task.id;
 
   delete from public.chat_messages m where m.task_id = task.id and m.streaming;
   perform ai_queue.log(task.project_id, task.id, 'info',
-    format('task released by %s; attempt %s was not spent', worker, attempt),
-    jsonb_build_object('event', 'released', 'worker', worker, 'attempt', attempt));
+    format('task released by %s; attempt %s was not spent', task.locked_by, attempt),
+    jsonb_build_object('event', 'released', 'worker', task.locked_by, 'attempt', attempt));
   perform pg_notify('ai_tasks', 'queued');
   return true;
 end;
